@@ -1,0 +1,335 @@
+"""Configuration: one table of settings, each with a default, a type and help text.
+
+The YAML file mirrors the dotted keys of :data:`SETTINGS` as nested mappings
+(``services.cone`` is ``services: {cone: ...}``).  Unknown keys, wrong types and
+bad values are rejected with the file, the line and the key named.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Setting", "SETTINGS", "Config", "ConfigError", "load_config", "default_results_dir"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file, line and key it concerns."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None,
+                 key: str | None = None) -> None:
+        self.path, self.line, self.key, self.reason = path, line, key, message
+        where = ""
+        if path:
+            where = f"{path}:{line}: " if line else f"{path}: "
+        keypart = f"{key}: " if key else ""
+        super().__init__(f"{where}{keypart}{message}")
+
+
+def default_results_dir() -> str:
+    """Return the default results folder (XDG data home)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                          "share")
+    return os.path.join(base, "sampbridge", "results")
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _nonneg(v: float) -> str | None:
+    return None if v >= 0 else "must be 0 or more"
+
+
+def _choice(*options: Any) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in options else "must be one of " + ", ".join(map(str, options))
+    return check
+
+
+def _url(v: str) -> str | None:
+    return None if v.startswith(("http://", "https://")) else "must be an http:// or https:// URL"
+
+
+def _range(lo: float, hi: float) -> Callable[[float], str | None]:
+    def check(v: float) -> str | None:
+        return None if lo <= v <= hi else f"must be between {lo} and {hi}"
+    return check
+
+
+def _names(v: list) -> str | None:
+    if all(isinstance(x, str) and x for x in v):
+        return None
+    return "must be a list of client names (strings, glob patterns allowed)"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key: its default, its type, its help text and a value check."""
+
+    key: str
+    default: Any
+    type: type | tuple[type, ...]
+    help: str
+    check: Callable[[Any], str | None] | None = field(default=None, compare=False)
+
+
+_F = (int, float)
+
+#: The one table of settings.  ``docs/configuration.md`` documents every key (a test checks it).
+SETTINGS: tuple[Setting, ...] = (
+    Setting("release", "2.1", str,
+            "CSC release label used in table names, e.g. 'CSC 2.1 cone ...'."),
+    Setting("services.cone", "https://cda.cfa.harvard.edu/csc21scs/coneSearch", str,
+            "Simple Cone Search (SCS) URL of the catalogue.", _url),
+    Setting("services.siap", "https://cda.cfa.harvard.edu/csc21siap/queryImages", str,
+            "Simple Image Access (SIAP v1) URL of the catalogue images.", _url),
+    Setting("services.tap", "https://cda.cfa.harvard.edu/csc21tap", str,
+            "TAP service base URL (without /sync or /async).", _url),
+    Setting("http.connect_timeout", 10.0, _F, "Seconds to wait for a TCP connection.", _positive),
+    Setting("http.read_timeout", 120.0, _F,
+            "Seconds to wait for the server between two reads of a response.", _positive),
+    Setting("http.retries", 2, int,
+            "Retries of an idempotent request (GET) after a connection error or 502/503/504.",
+            _range(0, 10)),
+    Setting("cone.radius", 0.05, _F, "Default cone radius in degrees.", _range(1e-6, 10.0)),
+    Setting("cone.max_radius", 1.0, _F, "Largest cone radius a message may ask for, degrees.",
+            _range(1e-6, 90.0)),
+    Setting("cone.verb", 2, int, "Default SCS VERB level (1 = name/ra/dec, 2 = summary, 3 = all).",
+            _choice(1, 2, 3)),
+    Setting("cone.service", "scs", str,
+            "Which service runs cones: 'scs' (cone search) or 'tap' (ADQL cone on master_source).",
+            _choice("scs", "tap")),
+    Setting("images.enabled", True, bool, "Run a SIAP query and send images on a sky click."),
+    Setting("images.size", 0.2, _F, "SIAP SIZE in degrees.", _range(1e-6, 10.0)),
+    Setting("images.format", "image/fits", str, "SIAP FORMAT (image/fits is what DS9 and Aladin load)."),
+    Setting("images.max_count", 1, int, "How many images to download per click (nearest first).",
+            _range(0, 20)),
+    Setting("images.max_bytes", 100_000_000, int,
+            "Size cap for one downloaded image, in bytes; larger images are skipped.", _positive),
+    Setting("images.prefer_band", "b", str,
+            "Energy band preferred among the images found (b, h, m, s, u, w); '' for none."),
+    Setting("tap.mode", "async", str,
+            "Run TAP queries as 'async' jobs (polled) or 'sync' requests.", _choice("async", "sync")),
+    Setting("tap.maxrec", 100000, int, "MAXREC sent with TAP queries (0 = server default).",
+            _nonneg),
+    Setting("tap.job_timeout", 600.0, _F,
+            "Seconds an async TAP job may run before it is aborted and deleted.", _positive),
+    Setting("tap.dialect", "auto", str,
+            "ADQL cone dialect: 'auto' (read /capabilities), 'geometry' (CONTAINS/POINT/CIRCLE) "
+            "or 'csc' (dbo.cone_distance plus a BETWEEN box).", _choice("auto", "geometry", "csc")),
+    Setting("tap.table", "csc21.master_source", str, "Table used for ADQL cones."),
+    Setting("results.dir", "", str,
+            "Folder for result files (created private, 0700). Empty: "
+            "$XDG_DATA_HOME/sampbridge/results."),
+    Setting("results.max_bytes", 500_000_000, int,
+            "Size cap for one downloaded table result, in bytes.", _positive),
+    Setting("send_tables_to", ["topcat"], list,
+            "samp.name patterns (case-insensitive globs) of the clients that receive tables.", _names),
+    Setting("send_images_to", ["ds9", "saoimageds9", "aladin"], list,
+            "samp.name patterns of the clients that receive images.", _names),
+    Setting("hub.mode", "auto", str,
+            "'auto': use a running hub, else start one; 'connect': only use a running hub "
+            "(wait for one); 'start': always start an own hub.", _choice("auto", "connect", "start")),
+    Setting("hub.ping_interval", 2.0, _F,
+            "Seconds between hub pings (a crashed hub sends nothing) and reconnect attempts.",
+            _positive),
+    Setting("hub.call_timeout", 20.0, _F,
+            "Seconds to wait for a peer's reply to a call (table.load.votable, image.load.fits).",
+            _positive),
+    Setting("pointat.enabled", True, bool, "Run a cone when a peer sends coord.pointAt.sky."),
+    Setting("pointat.quiet", 0.3, _F,
+            "Coalescing: run once no new position came for this many seconds.", _nonneg),
+    Setting("pointat.max_wait", 2.0, _F,
+            "Coalescing: during a continuous flood, run the latest position at least this often.",
+            _positive),
+    Setting("echo.window", 5.0, _F,
+            "Seconds after a delivery during which pointAt at a delivered position is an echo.",
+            _nonneg),
+    Setting("echo.radius", 5.0, _F,
+            "Arcsec: a pointAt this close to a just-delivered position or image centre is an echo.",
+            _nonneg),
+    Setting("reply_within", 15.0, _F,
+            "Seconds a custom-MType call may wait for its result before it gets an early "
+            "'pending' reply (TOPCAT gives up after 20 s).", _range(0.1, 3600)),
+    Setting("workers", 4, int, "Worker threads that run queries.", _range(1, 64)),
+)
+
+_BY_KEY = {s.key: s for s in SETTINGS}
+_SECTIONS = {s.key.split(".")[0] for s in SETTINGS if "." in s.key}
+
+
+def _typename(t: type | tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             list: "a list"}
+    if isinstance(t, tuple):
+        return "a number"
+    return names.get(t, t.__name__)
+
+
+def check_value(key: str, value: Any) -> Any:
+    """Validate one value for ``key`` and return it (ints are widened to floats where needed).
+
+    Raises
+    ------
+    ConfigError
+        If the key is unknown, the type is wrong or the value is out of range.
+    """
+    s = _BY_KEY.get(key)
+    if s is None:
+        raise ConfigError("unknown key", key=key)
+    ok_type = isinstance(value, s.type) and not (isinstance(value, bool) and s.type is not bool)
+    if not ok_type:
+        raise ConfigError(f"must be {_typename(s.type)}, not {value!r}", key=key)
+    if s.type == _F:
+        value = float(value)
+    if s.check is not None:
+        problem = s.check(value)
+        if problem:
+            raise ConfigError(f"{problem} (got {value!r})", key=key)
+    return value
+
+
+@dataclass
+class Config:
+    """Validated settings, looked up by dotted key: ``cfg['cone.radius']``."""
+
+    values: dict[str, Any]
+    path: str | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def replace(self, **changes: Any) -> Config:
+        """Return a copy with some keys changed (``_`` in argument names stands for ``.``)."""
+        vals = dict(self.values)
+        for k, v in changes.items():
+            key = k if k in _BY_KEY else k.replace("__", ".")
+            vals[key] = check_value(key, v)
+        return Config(vals, self.path)
+
+    @property
+    def results_dir(self) -> Path:
+        """The results folder, with ``~`` and variables expanded."""
+        raw = self.values["results.dir"] or default_results_dir()
+        return Path(os.path.expandvars(os.path.expanduser(raw)))
+
+
+def defaults() -> Config:
+    """Return the default configuration."""
+    return Config({s.key: s.default for s in SETTINGS})
+
+
+def _flatten(node: yaml.Node, path: str, prefix: str = "") -> dict[str, tuple[Any, int]]:
+    out: dict[str, tuple[Any, int]] = {}
+    seen: set[str] = set()
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError("the file must hold a mapping of keys to values", path,
+                          node.start_mark.line + 1)
+    for knode, vnode in node.value:
+        line = knode.start_mark.line + 1
+        key = prefix + str(knode.value)
+        if key in seen:
+            raise ConfigError("key given twice", path, line, key)
+        seen.add(key)
+        if not prefix and key in _SECTIONS and key not in _BY_KEY:
+            if isinstance(vnode, yaml.ScalarNode) and vnode.tag.endswith(":null"):
+                continue
+            if not isinstance(vnode, yaml.MappingNode):
+                raise ConfigError("must be a mapping of settings", path, line, key)
+            out.update(_flatten(vnode, path, key + "."))
+            continue
+        if key not in _BY_KEY:
+            known = sorted(k for k in _BY_KEY if k.startswith(prefix)) if prefix else []
+            hint = f" (known here: {', '.join(known)})" if known else ""
+            raise ConfigError(f"unknown key{hint}", path, line, key)
+        value = yaml.safe_load(yaml.serialize(vnode))
+        out[key] = (value, line)
+    return out
+
+
+def parse_config_text(text: str, path: str = "<string>") -> Config:
+    """Parse YAML text into a validated :class:`Config` over the defaults."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark else None
+        col = f", column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"not valid YAML{col}: {exc.problem}", path, line) from None
+    cfg = defaults()
+    if root is None:
+        cfg.path = path
+        return cfg
+    for key, (value, line) in _flatten(root, path).items():
+        try:
+            cfg.values[key] = check_value(key, value)
+        except ConfigError as exc:
+            raise ConfigError(exc.reason, path, line, key) from None
+    cfg.path = path
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Load and validate a configuration file; ``None`` gives the defaults.
+
+    Parameters
+    ----------
+    path : str or path-like, optional
+        A YAML file.  Keys not given keep their defaults.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, is not YAML, or holds an unknown key or a bad value.
+    """
+    if path is None:
+        return defaults()
+    p = str(path)
+    try:
+        with open(p, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror}", p) from None
+    return parse_config_text(text, p)
+
+
+def default_yaml() -> str:
+    """Return the documented default configuration as YAML (what ``config.yaml`` holds)."""
+    lines = ["# sampbridge configuration: every key with its default.",
+             "# Generated from sampbridge/config.py SETTINGS (see docs/configuration.md).",
+             "# Keep only the keys you change; unknown keys are rejected with file and line.", ""]
+    section = None
+    for s in SETTINGS:
+        head, _, tail = s.key.partition(".")
+        if tail and head != section:
+            lines += ["", f"{head}:"]
+            section = head
+        elif not tail and section is not None:
+            lines.append("")
+            section = None
+        indent = "  " if tail else ""
+        lines.append(f"{indent}# {s.help}")
+        value = yaml.safe_dump(s.default, default_flow_style=True).strip()
+        if value.endswith("\n..."):
+            value = value[:-4].strip()
+        value = value.removesuffix("...").strip()
+        if s.key == "results.dir":
+            value = '""'
+        lines.append(f"{indent}{tail or head}: {value}")
+    return "\n".join(lines).replace("\n\n\n", "\n\n").lstrip() + "\n"
+
+
+def settings_markdown() -> str:
+    """Return the settings table as Markdown (pasted into ``docs/configuration.md``)."""
+    rows = ["| key | default | help |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = yaml.safe_dump(s.default, default_flow_style=True).strip()
+        default = default.removesuffix("...").strip() or '""'
+        rows.append(f"| `{s.key}` | `{default}` | {s.help.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"

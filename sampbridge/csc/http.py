@@ -1,0 +1,165 @@
+"""HTTP plumbing: one session with timeouts and a User-Agent, and streamed downloads to files."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import astropy
+import pyvo
+import requests
+from requests.adapters import HTTPAdapter
+
+from .. import __version__
+from .errors import CSCError, ResultTooLarge, ServiceError, ServiceTimeout, ServiceUnreachable
+
+__all__ = ["USER_AGENT", "TimeoutSession", "make_session", "download", "raise_for_http"]
+
+USER_AGENT = f"sampbridge/{__version__} (pyvo/{pyvo.__version__} astropy/{astropy.__version__})"
+_CHUNK = 1 << 16
+_RETRY_STATUS = {429, 502, 503, 504}
+
+
+class TimeoutSession(requests.Session):
+    """A :class:`requests.Session` whose every request has a connect and a read timeout.
+
+    Parameters
+    ----------
+    connect_timeout, read_timeout : float
+        Seconds; used whenever a caller (pyvo included) passes no timeout of its own.
+    """
+
+    def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 120.0) -> None:
+        super().__init__()
+        self.timeout = (connect_timeout, read_timeout)
+        self.headers["User-Agent"] = USER_AGENT
+        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=32)
+        self.mount("http://", adapter)
+        self.mount("https://", adapter)
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        """Send a request, adding the session's timeout when none is given."""
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        return super().request(method, url, *args, **kwargs)
+
+
+def make_session(connect_timeout: float = 10.0, read_timeout: float = 120.0) -> TimeoutSession:
+    """Return a new :class:`TimeoutSession`."""
+    return TimeoutSession(connect_timeout, read_timeout)
+
+
+def raise_for_http(resp: requests.Response, what: str) -> None:
+    """Raise :class:`ServiceError` for an HTTP error status, with the body's first line."""
+    if resp.status_code < 400:
+        return
+    try:
+        body = resp.text.strip().splitlines()[0][:300] if resp.text else ""
+    except Exception:  # noqa: BLE001 - a body that cannot be decoded says nothing useful
+        body = ""
+    raise ServiceError(f"{what} failed with HTTP {resp.status_code} {resp.reason}",
+                       url=resp.url, status=resp.status_code, service_message=body or None)
+
+
+def _retry_after(resp: requests.Response | None, attempt: int) -> float:
+    if resp is not None:
+        ra = resp.headers.get("Retry-After", "")
+        if ra.isdigit():
+            return min(float(ra), 30.0)
+    return min(0.5 * 2 ** attempt, 8.0)
+
+
+def request(session: requests.Session, method: str, url: str, what: str, *,
+            retries: int = 0, stream: bool = False, **kwargs: Any) -> requests.Response:
+    """Send one request and turn every transport failure into a :class:`CSCError`.
+
+    GET requests are retried ``retries`` times after a connection error, a timeout, 429 or
+    502/503/504, with backoff (and ``Retry-After`` where the server sends it).
+    """
+    attempts = 1 + (retries if method.upper() == "GET" else 0)
+    last: CSCError | None = None
+    for attempt in range(attempts):
+        resp = None
+        try:
+            resp = session.request(method, url, stream=stream, **kwargs)
+        except requests.exceptions.ConnectTimeout as exc:
+            last = ServiceTimeout(f"{what}: the service did not accept a connection in time",
+                                  url=url, service_message=str(exc.__class__.__name__))
+        except requests.exceptions.ReadTimeout:
+            last = ServiceTimeout(f"{what}: the service did not answer within the read timeout",
+                                  url=url)
+        except requests.exceptions.ConnectionError as exc:
+            last = ServiceUnreachable(f"{what}: cannot reach the service at {_host(url)}",
+                                      url=url, service_message=_short(exc))
+        except requests.exceptions.RequestException as exc:
+            raise ServiceError(f"{what}: the request failed", url=url,
+                               service_message=_short(exc)) from None
+        else:
+            if resp.status_code in _RETRY_STATUS and attempt + 1 < attempts:
+                resp.close()
+                time.sleep(_retry_after(resp, attempt))
+                continue
+            return resp
+        if attempt + 1 < attempts:
+            time.sleep(_retry_after(resp, attempt))
+    assert last is not None
+    raise last
+
+
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+    return urlsplit(url).netloc or url
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) < 300 else text[:297] + "..."
+
+
+def download(session: requests.Session, url: str, dest: Path, *, what: str,
+             max_bytes: int, method: str = "GET", params: Mapping[str, Any] | None = None,
+             data: Any = None, retries: int = 0) -> int:
+    """Stream a response body to ``dest`` atomically; return the number of bytes written.
+
+    The body goes to ``dest`` + ``.part`` and is renamed into place only when complete, so a
+    reader never sees half a file.  A body over ``max_bytes`` is abandoned and removed.
+
+    Raises
+    ------
+    ResultTooLarge
+        If the body is larger than ``max_bytes``.
+    CSCError
+        For any HTTP or transport failure.
+    """
+    part = dest.with_name(dest.name + ".part")
+    resp = request(session, method, url, what, retries=retries, stream=True, params=params,
+                   data=data)
+    with resp:
+        raise_for_http(resp, what)
+        length = resp.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > max_bytes:
+            raise ResultTooLarge(f"{what}: the result is {int(length):,} bytes, over the cap "
+                                 f"of {max_bytes:,} bytes", url=resp.url, status=resp.status_code)
+        total = 0
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                for chunk in resp.iter_content(_CHUNK):
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise ResultTooLarge(f"{what}: the result is over the cap of "
+                                             f"{max_bytes:,} bytes", url=resp.url,
+                                             status=resp.status_code)
+                    fh.write(chunk)
+            os.replace(part, dest)
+        except requests.exceptions.RequestException as exc:
+            part.unlink(missing_ok=True)
+            raise ServiceError(f"{what}: the response was cut off", url=resp.url,
+                               status=resp.status_code, service_message=_short(exc)) from None
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+    return total

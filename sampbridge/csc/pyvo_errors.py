@@ -1,0 +1,52 @@
+"""Translate pyvo's DAL exceptions into this package's one error hierarchy."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+import requests
+from pyvo.dal.exceptions import DALFormatError, DALQueryError, DALServiceError
+
+from .errors import CSCError, QueryError, ServiceError, ServiceTimeout, ServiceUnreachable
+
+__all__ = ["translated"]
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    seen = exc
+    for _ in range(5):
+        nxt = getattr(seen, "cause", None) or seen.__cause__ or seen.__context__
+        if nxt is None:
+            return None
+        if isinstance(nxt, requests.exceptions.RequestException):
+            return nxt
+        seen = nxt
+    return None
+
+
+@contextmanager
+def translated(what: str, url: str) -> Iterator[None]:
+    """Run a pyvo call; re-raise its DAL and requests errors as :class:`CSCError`."""
+    try:
+        yield
+    except CSCError:
+        raise
+    except DALQueryError as exc:
+        raise QueryError(f"{what} was rejected by the service", url=getattr(exc, "url", url),
+                         service_message=_clean(exc)) from None
+    except (DALServiceError, DALFormatError, requests.exceptions.RequestException) as exc:
+        cause = exc if isinstance(exc, requests.exceptions.RequestException) else _cause(exc)
+        status = getattr(exc, "code", None)
+        if isinstance(cause, requests.exceptions.Timeout):
+            raise ServiceTimeout(f"{what}: the service did not answer in time", url=url) from None
+        if isinstance(cause, requests.exceptions.ConnectionError):
+            raise ServiceUnreachable(f"{what}: cannot reach the service", url=url,
+                                     service_message=_clean(cause)) from None
+        raise ServiceError(f"{what} failed", url=url, status=status if isinstance(status, int)
+                           else None, service_message=_clean(exc)) from None
+
+
+def _clean(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 400 else text[:397] + "..."

@@ -1,0 +1,205 @@
+"""TAP queries, sync or async (UWS with polling), streamed to a file, with MAXREC and overflow."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from pyvo.dal import TAPService
+from pyvo.dal.tap import AsyncTAPJob
+
+from . import http
+from .errors import CSCError, QueryError, ServiceTimeout
+from .pyvo_errors import translated
+from .votable import VOTableSummary, check_result
+
+__all__ = ["TapResult", "TapCapabilities", "TapClient", "Cancelled"]
+
+log = logging.getLogger(__name__)
+
+_GEO = "ivo://ivoa.net/std/TAPRegExt#features-adqlgeo"
+
+
+class Cancelled(CSCError):
+    """The query was cancelled by its caller (e.g. at shutdown); its job was deleted."""
+
+
+@dataclass
+class TapResult:
+    """A TAP result written to ``path``."""
+
+    path: Path
+    summary: VOTableSummary
+    url: str
+    seconds: float
+    job_url: str | None = None
+
+    @property
+    def rows(self) -> int:
+        """Number of rows in the result."""
+        return self.summary.rows
+
+    @property
+    def overflow(self) -> bool:
+        """True when MAXREC cut the result short (``QUERY_STATUS=OVERFLOW``)."""
+        return self.summary.overflow
+
+
+@dataclass(frozen=True)
+class TapCapabilities:
+    """What a TAP service's ``/capabilities`` say that matters here."""
+
+    geometry: bool
+    upload: bool
+
+    @property
+    def dialect(self) -> str:
+        """``geometry`` where CONTAINS, POINT and CIRCLE are listed, else ``csc``."""
+        return "geometry" if self.geometry else "csc"
+
+
+class TapClient:
+    """A TAP service at ``url`` (the base URL, without ``/sync``).
+
+    Parameters
+    ----------
+    url : str
+        TAP base URL.
+    session : requests.Session
+        A session with timeouts.
+    max_bytes : int
+        Size cap of one result.
+    job_timeout : float
+        Seconds an async job may take before it is aborted and deleted.
+    """
+
+    def __init__(self, url: str, session: requests.Session, max_bytes: int = 500_000_000,
+                 job_timeout: float = 600.0) -> None:
+        self.url = url.rstrip("/")
+        self.session = session
+        self.max_bytes = max_bytes
+        self.job_timeout = job_timeout
+        self._caps: TapCapabilities | None = None
+        self._lock = threading.Lock()
+
+    def capabilities(self) -> TapCapabilities:
+        """Read (once) and return the service's capabilities."""
+        with self._lock:
+            if self._caps is None:
+                with translated("reading TAP capabilities", self.url + "/capabilities"), \
+                        warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    svc = TAPService(self.url, session=self.session)
+                    adql = svc.get_tap_capability().get_adql()
+                    geo = bool(adql) and all(
+                        adql.get_feature(_GEO, form) is not None
+                        for form in ("CONTAINS", "POINT", "CIRCLE"))
+                    upload = bool(svc.upload_methods)
+                self._caps = TapCapabilities(geometry=geo, upload=upload)
+                log.info("TAP %s: ADQL geometry %s, upload %s", self.url,
+                         "yes" if geo else "no", "yes" if upload else "no")
+            return self._caps
+
+    def dialect(self, configured: str = "auto") -> str:
+        """Return the ADQL cone dialect: the configured one, or the one the service supports."""
+        if configured != "auto":
+            return configured
+        return self.capabilities().dialect
+
+    # -- sync ---------------------------------------------------------------------------
+    def _params(self, adql: str, maxrec: int | None) -> dict[str, str]:
+        p = {"REQUEST": "doQuery", "LANG": "ADQL", "QUERY": adql}
+        if maxrec:
+            p["MAXREC"] = str(int(maxrec))
+        return p
+
+    def sync_to_file(self, adql: str, dest: Path, maxrec: int | None = None) -> TapResult:
+        """Run ``adql`` on ``/sync`` and stream the VOTable to ``dest``."""
+        t0 = time.perf_counter()
+        url = self.url + "/sync"
+        http.download(self.session, url, dest, what="TAP query", method="POST",
+                      data=self._params(adql, maxrec), max_bytes=self.max_bytes)
+        try:
+            summary = check_result(dest, url, "TAP query")
+        except Exception:
+            dest.unlink(missing_ok=True)
+            raise
+        return TapResult(dest, summary, url, time.perf_counter() - t0)
+
+    # -- async --------------------------------------------------------------------------
+    def async_to_file(self, adql: str, dest: Path, maxrec: int | None = None, *,
+                      cancel: threading.Event | None = None,
+                      on_job: Callable[[str], None] | None = None) -> TapResult:
+        """Run ``adql`` as an async job, poll it, stream its result to ``dest``, delete the job.
+
+        Parameters
+        ----------
+        cancel : threading.Event, optional
+            When set, the job is aborted and deleted and :class:`Cancelled` is raised.
+        on_job : callable, optional
+            Called with the job URL once the job exists.
+        """
+        t0 = time.perf_counter()
+        cancel = cancel or threading.Event()
+        with translated("TAP query", self.url + "/async"):
+            job = AsyncTAPJob.create(self.url, adql, maxrec=maxrec or None, session=self.session)
+        job_url = job.url
+        try:
+            if on_job:
+                on_job(job_url)
+            with translated("TAP query", job_url):
+                job.run()
+            phase = self._wait(job, cancel)
+            if phase != "COMPLETED":
+                with translated("TAP query", job_url):
+                    job.raise_if_error()
+                raise QueryError(f"TAP query ended in phase {phase}", url=job_url)
+            with translated("TAP query", job_url):
+                result_url = job.result_uri
+            http.download(self.session, result_url, dest, what="TAP result download",
+                          max_bytes=self.max_bytes, retries=2)
+            try:
+                summary = check_result(dest, result_url, "TAP query")
+            except Exception:
+                dest.unlink(missing_ok=True)
+                raise
+            return TapResult(dest, summary, result_url, time.perf_counter() - t0, job_url)
+        finally:
+            self._delete(job)
+
+    def _wait(self, job: AsyncTAPJob, cancel: threading.Event) -> str:
+        deadline = time.monotonic() + self.job_timeout
+        interval = 0.05
+        while True:
+            with translated("TAP query", job.url):
+                phase = job.phase
+            if phase in ("COMPLETED", "ERROR", "ABORTED"):
+                return phase
+            now = time.monotonic()
+            if now >= deadline:
+                raise ServiceTimeout(f"TAP query: the job did not finish within "
+                                     f"{self.job_timeout:g} s and was deleted", url=job.url)
+            if cancel.wait(min(interval, deadline - now)):
+                raise Cancelled("TAP query cancelled; the job was deleted", url=job.url)
+            interval = min(interval * 1.5, 2.0)
+
+    def _delete(self, job: AsyncTAPJob) -> None:
+        try:
+            if job.url:
+                job.delete()
+        except Exception as exc:  # noqa: BLE001 - a failed cleanup must not hide the result
+            log.warning("could not delete TAP job %s: %s", job.url, exc)
+
+    def query_to_file(self, adql: str, dest: Path, maxrec: int | None = None, *,
+                      mode: str = "async", cancel: threading.Event | None = None,
+                      on_job: Callable[[str], None] | None = None) -> TapResult:
+        """Run ``adql`` in ``mode`` (``sync`` or ``async``) and stream the result to ``dest``."""
+        if mode == "sync":
+            return self.sync_to_file(adql, dest, maxrec)
+        return self.async_to_file(adql, dest, maxrec, cancel=cancel, on_job=on_job)

@@ -1,0 +1,128 @@
+"""Check a VOTable file on disk without loading it: its status, its error text and its rows."""
+
+from __future__ import annotations
+
+import warnings
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import QueryError, ServiceError
+
+__all__ = ["VOTableSummary", "summarize", "check_result"]
+
+
+@dataclass
+class VOTableSummary:
+    """What a VOTable result file says about itself.
+
+    Attributes
+    ----------
+    status : str
+        ``OK``, ``ERROR`` or ``OVERFLOW`` (the last ``QUERY_STATUS`` seen; ``OK`` if none).
+    message : str
+        The text of an error or overflow ``INFO``.
+    rows : int
+        Number of rows of the first table (0 when there is none).
+    columns : list of str
+        Names of the first table's fields.
+    """
+
+    status: str
+    message: str
+    rows: int
+    columns: list[str]
+
+    @property
+    def overflow(self) -> bool:
+        """True when the service truncated the result at MAXREC."""
+        return self.status == "OVERFLOW"
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def summarize(path: Path) -> VOTableSummary:
+    """Scan ``path`` as a stream and return its :class:`VOTableSummary`.
+
+    TABLEDATA rows are counted as they stream past; BINARY and BINARY2 streams are
+    counted by decoding one column with astropy.
+
+    Raises
+    ------
+    ServiceError
+        If the file is not a VOTable (an HTML error page, a truncated body...).
+    """
+    status, message, rows = "OK", "", 0
+    columns: list[str] = []
+    in_table = 0
+    binary = False
+    tables = 0
+    root_seen = False
+    try:
+        for event, elem in ET.iterparse(str(path), events=("start", "end")):
+            tag = _local(elem.tag)
+            if event == "start":
+                if not root_seen:
+                    root_seen = True
+                    if tag != "VOTABLE":
+                        raise ServiceError(f"the service sent a <{tag}> document, "
+                                           "not a VOTable")
+                if tag == "TABLE":
+                    tables += 1
+                    in_table = tables
+                elif tag in ("BINARY", "BINARY2") and in_table == 1:
+                    binary = True
+                continue
+            if tag == "INFO":
+                name = (elem.get("name") or elem.get("ID") or "").upper()
+                value = elem.get("value") or ""
+                if name == "QUERY_STATUS":
+                    status = value.upper() or "OK"
+                    if status != "OK":
+                        message = (elem.text or "").strip() or message
+                elif name == "ERROR":
+                    status = "ERROR"
+                    message = value or (elem.text or "").strip()
+            elif tag == "FIELD" and in_table == 1:
+                columns.append(elem.get("name") or elem.get("ID") or "")
+            elif tag == "TR" and in_table == 1:
+                rows += 1
+            elif tag == "TABLE":
+                in_table = 0
+            if tag in ("TR", "STREAM", "TD"):
+                elem.clear()
+    except ET.ParseError as exc:
+        raise ServiceError(f"the service sent a body that is not a complete VOTable ({exc})") \
+            from None
+    if not root_seen:
+        raise ServiceError("the service sent an empty body, not a VOTable")
+    if binary and status != "ERROR":
+        rows = _count_binary(path)
+    return VOTableSummary(status, message, rows, columns)
+
+
+def _count_binary(path: Path) -> int:
+    from astropy.io.votable import parse
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vot = parse(str(path), columns=[0], verify="ignore")
+    for resource in vot.iter_tables():
+        return len(resource.array)
+    return 0
+
+
+def check_result(path: Path, url: str | None = None, what: str = "query") -> VOTableSummary:
+    """Summarize a result file and raise :class:`QueryError` if the service reported an error."""
+    try:
+        summary = summarize(path)
+    except ServiceError as exc:
+        exc.url = exc.url or url
+        exc.message = f"{what}: {exc.message}"
+        raise
+    if summary.status == "ERROR":
+        raise QueryError(f"{what} was rejected by the service", url=url, status=200,
+                         service_message=summary.message or "QUERY_STATUS=ERROR with no text")
+    return summary

@@ -1,0 +1,261 @@
+"""The daemon: SAMP messages become requests, requests become CSC results, results are sent.
+
+This is the only module that knows both the SAMP layer (:mod:`sampbridge.samp`) and the query
+side (:mod:`sampbridge.engine`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from . import __version__
+from .config import Config
+from .csc.errors import CSCError
+from .engine import Engine, ImageResult, TableResult
+from .flow import Coalescer, EchoGuard
+from .model import ConeRequest, RequestError, SiapRequest, TapRequest, parse_position
+from .samp.connection import HubConnection, Message
+
+__all__ = ["Daemon", "MTYPE_CONE", "MTYPE_SIAP", "MTYPE_TAP"]
+
+log = logging.getLogger("sampbridge")
+
+MTYPE_CONE = "x-sampbridge.query.cone"
+MTYPE_SIAP = "x-sampbridge.query.siap"
+MTYPE_TAP = "x-sampbridge.query.tap"
+
+DESCRIPTION = ("Chandra Source Catalog bridge: click a position in DS9, Aladin or TOPCAT and "
+               "get the CSC sources (and images) around it; runs CSC TAP queries on request.")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, (CSCError, RequestError)):
+        return str(exc)
+    return f"internal error ({exc.__class__.__name__}: {exc})"
+
+
+def _debug_text(exc: BaseException) -> str | None:
+    if isinstance(exc, CSCError):
+        parts = [f"url={exc.url}" if exc.url else "", f"http={exc.status}" if exc.status else ""]
+        return " ".join(p for p in parts if p) or None
+    return None
+
+
+class Daemon:
+    """sampbridge's long-running part.
+
+    Parameters
+    ----------
+    cfg : Config
+        Validated configuration.
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.engine = Engine(cfg)
+        self.cancel = threading.Event()
+        self.executor = ThreadPoolExecutor(max_workers=cfg["workers"],
+                                           thread_name_prefix="query")
+        self.echo = EchoGuard(cfg["echo.window"], cfg["echo.radius"])
+        self.coalescer: Coalescer[tuple[float, float, str]] = Coalescer(
+            self._run_point, cfg["pointat.quiet"], cfg["pointat.max_wait"], name="pointat")
+        self._pending: set[Message] = set()
+        self._pending_lock = threading.Lock()
+        self.stats = {"received": 0, "queries": 0, "delivered": 0, "errors": 0, "echoes": 0}
+        handlers: dict[str, Callable[[Message], None]] = {
+            MTYPE_CONE: self._on_cone,
+            MTYPE_SIAP: self._on_siap,
+            MTYPE_TAP: self._on_tap,
+        }
+        if cfg["pointat.enabled"]:
+            handlers["coord.pointAt.sky"] = self._on_point_at
+        self.conn = HubConnection("sampbridge", DESCRIPTION, __version__, handlers,
+                                  mode=cfg["hub.mode"], ping_interval=cfg["hub.ping_interval"],
+                                  call_timeout=cfg["hub.call_timeout"])
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self, wait: float = 0.0) -> None:
+        """Connect to (or start) the hub and begin serving."""
+        log.info("sampbridge %s: cone %s, SIAP %s, TAP %s; results in %s", __version__,
+                 self.cfg["services.cone"], self.cfg["services.siap"], self.cfg["services.tap"],
+                 self.engine.results_dir)
+        self.conn.start(wait=wait)
+        if not self.conn.connected:
+            log.info("no SAMP hub yet (hub.mode=%s); waiting for one", self.cfg["hub.mode"])
+
+    def stop(self) -> None:
+        """Stop cleanly: cancel running TAP jobs, answer pending calls, unregister."""
+        log.info("stopping")
+        self.cancel.set()
+        self.coalescer.stop()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        with self._pending_lock:
+            pending = list(self._pending)
+        for msg in pending:
+            msg.reply_error("sampbridge stopped before this request finished; send it again "
+                            "once sampbridge runs")
+        self.conn.stop()
+        self.engine.close()
+        log.info("stopped (%s)", ", ".join(f"{k} {v}" for k, v in self.stats.items()))
+
+    # -- pointAt ------------------------------------------------------------------------
+    def _on_point_at(self, msg: Message) -> None:
+        self.stats["received"] += 1
+        try:
+            ra, dec = parse_position(msg.params)
+        except RequestError as exc:
+            self._refuse(msg, exc)
+            return
+        if self.echo.is_echo(ra, dec):
+            self.stats["echoes"] += 1
+            log.info("%s from %s: %.5f %+.5f ignored (echo of a delivered result)",
+                     msg.mtype, msg.sender_name, ra, dec)
+            msg.reply_ok({"ignored": "echo"})
+            return
+        log.info("%s from %s: %.5f %+.5f", msg.mtype, msg.sender_name, ra, dec)
+        self.coalescer.submit((ra, dec, msg.sender_name))
+        msg.reply_ok({"accepted": "1"})
+
+    def _run_point(self, item: tuple[float, float, str], seq: int) -> None:
+        ra, dec, sender = item
+        req = ConeRequest(ra, dec, self.cfg["cone.radius"], self.cfg["cone.verb"])
+        images: Future | None = None
+        if self.cfg["images.enabled"] and self.cfg["images.max_count"] > 0:
+            images = self.executor.submit(self.engine.run_siap,
+                                          SiapRequest(ra, dec, self.cfg["images.size"]))
+        try:
+            table = self.engine.run_cone(req)
+        except CSCError as exc:
+            self.stats["errors"] += 1
+            log.error("pointAt from %s: %s", sender, _error_text(exc))
+            table = None
+        img: ImageResult | None = None
+        if images is not None:
+            try:
+                img = images.result()
+            except CSCError as exc:
+                self.stats["errors"] += 1
+                log.error("pointAt from %s: %s", sender, _error_text(exc))
+        self.stats["queries"] += 1
+        if self.coalescer.superseded(seq):
+            log.info("result for %.5f %+.5f superseded by a newer position; not sent", ra, dec)
+            return
+        self.echo.remember((ra, dec), *[i.centre for i in (img.images if img else [])])
+        if table is not None:
+            self._deliver_table(table, sender)
+        if img is not None:
+            self._deliver_images(img, sender)
+
+    # -- delivery -----------------------------------------------------------------------
+    def _deliver_table(self, res: TableResult, origin: str) -> list[str]:
+        params = {"url": res.url, "table-id": res.table_id, "name": res.name}
+        outcomes = self.conn.send("table.load.votable", params, self.cfg["send_tables_to"])
+        sent = [d.client_name for d in outcomes if d.ok]
+        for d in outcomes:
+            if not d.ok:
+                log.warning("table.load.votable to %s failed: %s", d.client_name, d.error)
+        self.stats["delivered"] += bool(sent)
+        log.info("%s for %s: %d rows%s in %s -> %s", res.what, origin, res.rows,
+                 " (truncated at MAXREC)" if res.overflow else "", _ms(res.seconds),
+                 ", ".join(sent) or f"nobody (kept at {res.path})")
+        return sent
+
+    def _deliver_images(self, res: ImageResult, origin: str) -> list[str]:
+        sent: list[str] = []
+        for skipped in res.skipped:
+            log.warning("image skipped: %s", skipped)
+        for img in res.images:
+            params = {"url": img.path.resolve().as_uri(), "image-id": f"sampbridge-img-"
+                      f"{img.path.stem}", "name": img.title or img.path.name}
+            outcomes = self.conn.send("image.load.fits", params, self.cfg["send_images_to"])
+            for d in outcomes:
+                if not d.ok:
+                    log.warning("image.load.fits to %s failed: %s", d.client_name, d.error)
+            sent += [d.client_name for d in outcomes if d.ok]
+        log.info("%s for %s: %d found, %d downloaded in %s -> %s", res.what, origin, res.found,
+                 len(res.images), _ms(res.seconds), ", ".join(sorted(set(sent))) or "nobody")
+        return sent
+
+    # -- custom MTypes ------------------------------------------------------------------
+    def _refuse(self, msg: Message, exc: Exception) -> None:
+        self.stats["errors"] += 1
+        text = _error_text(exc)
+        log.warning("%s from %s refused: %s", msg.mtype, msg.sender_name, text)
+        if msg.is_call:
+            msg.reply_error(text, debug=_debug_text(exc))
+
+    def _on_cone(self, msg: Message) -> None:
+        self._query(msg, lambda: ConeRequest.from_params(msg.params, self.cfg),
+                    self.engine.run_cone)
+
+    def _on_siap(self, msg: Message) -> None:
+        self._query(msg, lambda: SiapRequest.from_params(msg.params, self.cfg),
+                    self.engine.run_siap)
+
+    def _on_tap(self, msg: Message) -> None:
+        self._query(msg, lambda: TapRequest.from_params(msg.params, self.cfg),
+                    lambda req: self.engine.run_tap(req, cancel=self.cancel))
+
+    def _query(self, msg: Message, build: Callable[[], Any], run: Callable[[Any], Any]) -> None:
+        """Validate now, run on a worker, reply when done or early with 'pending'."""
+        self.stats["received"] += 1
+        try:
+            req = build()
+        except RequestError as exc:
+            self._refuse(msg, exc)
+            return
+        log.info("%s from %s: %s", msg.mtype, msg.sender_name, req)
+        if msg.is_call:
+            msg.defer()
+            with self._pending_lock:
+                self._pending.add(msg)
+        t0 = time.perf_counter()
+        future = self.executor.submit(self._run_and_deliver, msg, run, req)
+        if msg.is_call:
+            timer = threading.Timer(self.cfg["reply_within"], self._reply_pending, (msg,))
+            timer.daemon = True
+            timer.start()
+            future.add_done_callback(lambda f: timer.cancel())
+        log.debug("queued in %s", _ms(time.perf_counter() - t0))
+
+    def _reply_pending(self, msg: Message) -> None:
+        if msg.reply_ok({"status": "pending", "message": "The query is still running; its "
+                         "result will be sent with table.load.votable when it is ready."}):
+            log.info("%s from %s: replied 'pending' after %.0f s", msg.mtype, msg.sender_name,
+                     self.cfg["reply_within"])
+
+    def _run_and_deliver(self, msg: Message, run: Callable[[Any], Any], req: Any) -> None:
+        try:
+            res = run(req)
+            self.stats["queries"] += 1
+            if isinstance(res, TableResult):
+                sent = self._deliver_table(res, msg.sender_name)
+                msg.reply_ok({"status": "done", "url": res.url, "table-id": res.table_id,
+                              "name": res.name, "rows": res.rows, "overflow": res.overflow,
+                              "sent-to": sent})
+            else:
+                sent = self._deliver_images(res, msg.sender_name)
+                urls = [i.path.resolve().as_uri() for i in res.images]
+                if not urls and msg.is_call:
+                    msg.reply_error(f"no image found at that position ({res.found} found, "
+                                    f"{len(res.skipped)} over the size cap)")
+                else:
+                    msg.reply_ok({"status": "done", "url": urls[0] if urls else "",
+                                  "urls": urls, "rows": len(urls), "sent-to": sent})
+        except (CSCError, RequestError) as exc:
+            self._refuse(msg, exc)
+        except Exception as exc:  # noqa: BLE001 - the worker must always reply
+            log.exception("%s from %s failed", msg.mtype, msg.sender_name)
+            self._refuse(msg, exc)
+        finally:
+            with self._pending_lock:
+                self._pending.discard(msg)

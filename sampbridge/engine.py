@@ -1,0 +1,150 @@
+"""Run requests against the CSC and keep their results as files.  No SAMP here.
+
+Data flows one way: request model -> CSC query -> result file.  The daemon (SAMP) and the CLI
+both call :class:`Engine`; whatever they send onwards comes from the results it returns.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Config
+from .csc import http
+from .csc.adql import cone_query
+from .csc.cone import ConeService
+from .csc.siap import ImageInfo, SiapService, safe_name
+from .csc.tap import TapClient
+from .model import ConeRequest, SiapRequest, TapRequest
+
+__all__ = ["TableResult", "ImageResult", "Engine", "ensure_private_dir", "cone_title"]
+
+_counter = itertools.count(1)
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) if needed and make it private (0700)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _new_id(kind: str) -> str:
+    return f"sampbridge-{kind}-{next(_counter)}-{uuid.uuid4().hex[:8]}"
+
+
+def _radius_label(radius_deg: float) -> str:
+    arcmin = radius_deg * 60.0
+    if arcmin >= 1.0:
+        return f"{arcmin:.4g}'"
+    return f'{arcmin * 60.0:.4g}"'
+
+
+def cone_title(release: str, ra: float, dec: float, radius: float) -> str:
+    """Return the readable name of a cone table, e.g. ``CSC 2.1 cone 246.79250 -24.32027 r=3'``."""
+    return f"CSC {release} cone {ra:.5f} {dec:.5f} r={_radius_label(radius)}"
+
+
+@dataclass
+class TableResult:
+    """A table result on disk, ready to be sent: ``url`` is a ``file://`` URL to ``path``."""
+
+    path: Path
+    table_id: str
+    name: str
+    rows: int
+    seconds: float
+    what: str
+    overflow: bool = False
+    service_url: str = ""
+
+    @property
+    def url(self) -> str:
+        """The ``file://`` URL of the result."""
+        return self.path.resolve().as_uri()
+
+
+@dataclass
+class ImageResult:
+    """Images on disk found by one SIAP query."""
+
+    images: list[ImageInfo]
+    found: int
+    seconds: float
+    what: str
+    skipped: list[str] = field(default_factory=list)
+
+
+class Engine:
+    """Runs cone, image and TAP requests and writes their results into the results folder.
+
+    Parameters
+    ----------
+    cfg : Config
+        The validated configuration (service URLs, timeouts, caps, results folder).
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.session = http.make_session(cfg["http.connect_timeout"], cfg["http.read_timeout"])
+        retries = cfg["http.retries"]
+        self.cone = ConeService(cfg["services.cone"], self.session, cfg["results.max_bytes"],
+                                retries)
+        self.siap = SiapService(cfg["services.siap"], self.session, cfg["images.max_bytes"],
+                                retries)
+        self.tap = TapClient(cfg["services.tap"], self.session, cfg["results.max_bytes"],
+                             cfg["tap.job_timeout"])
+        self.results_dir = ensure_private_dir(cfg.results_dir)
+
+    def _dest(self, stem: str, suffix: str = ".vot") -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        return self.results_dir / f"{safe_name(stem)}_{stamp}_{uuid.uuid4().hex[:6]}{suffix}"
+
+    def run_cone(self, req: ConeRequest, dest: Path | None = None) -> TableResult:
+        """Run a cone search (SCS, or an ADQL cone when ``cone.service`` is ``tap``)."""
+        name = cone_title(self.cfg["release"], req.ra, req.dec, req.radius)
+        dest = dest or self._dest(f"cone_{req.ra:.5f}_{req.dec:+.5f}_r{req.radius * 3600:.0f}as")
+        if self.cfg["cone.service"] == "tap":
+            dialect = self.tap.dialect(self.cfg["tap.dialect"])
+            adql = cone_query(self.cfg["tap.table"], req.ra, req.dec, req.radius, dialect)
+            res = self.tap.query_to_file(adql, dest, self.cfg["tap.maxrec"] or None, mode="sync")
+            what = f"TAP cone ({dialect}) {req.ra:.5f} {req.dec:+.5f} r={req.radius:g}"
+            return TableResult(dest, _new_id("cone"), name, res.rows, res.seconds, what,
+                               res.overflow, res.url)
+        res = self.cone.query_to_file(req.ra, req.dec, req.radius, dest, req.verb)
+        what = f"cone {req.ra:.5f} {req.dec:+.5f} r={req.radius:g} VERB={req.verb}"
+        return TableResult(dest, _new_id("cone"), name, res.rows, res.seconds, what,
+                           res.summary.overflow, res.url)
+
+    def run_siap(self, req: SiapRequest, dest_dir: Path | None = None,
+                 count: int | None = None) -> ImageResult:
+        """Find images at a position and download the chosen ones (streamed, capped)."""
+        dest_dir = ensure_private_dir(dest_dir) if dest_dir else self.results_dir
+        prefix = "" if dest_dir != self.results_dir else f"img_{uuid.uuid4().hex[:6]}_"
+        res = self.siap.query_to_dir(
+            req.ra, req.dec, req.size, dest_dir, fmt=self.cfg["images.format"],
+            count=self.cfg["images.max_count"] if count is None else count,
+            prefer_band=self.cfg["images.prefer_band"], prefix=prefix)
+        what = f"images {req.ra:.5f} {req.dec:+.5f} size={req.size:g}"
+        return ImageResult(res.downloaded, len(res.found), res.seconds, what, res.skipped)
+
+    def run_tap(self, req: TapRequest, dest: Path | None = None, *,
+                cancel: threading.Event | None = None, on_job=None) -> TableResult:
+        """Run a user's ADQL as given (sync or async per ``tap.mode``)."""
+        name = req.name or f"CSC {self.cfg['release']} TAP query"
+        dest = dest or self._dest("tap_" + (req.name or "query"))
+        res = self.tap.query_to_file(req.adql, dest, req.maxrec, mode=self.cfg["tap.mode"],
+                                     cancel=cancel, on_job=on_job)
+        short = " ".join(req.adql.split())
+        what = f"TAP {self.cfg['tap.mode']} '{short[:60]}{'...' if len(short) > 60 else ''}'"
+        return TableResult(dest, _new_id("tap"), name, res.rows, res.seconds, what,
+                           res.overflow, res.url)
+
+    def close(self) -> None:
+        """Close HTTP connections."""
+        self.session.close()

@@ -1,0 +1,144 @@
+"""Flow control with no protocol in it: coalescing a flood of positions, and an echo guard."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+__all__ = ["Coalescer", "EchoGuard", "separation_deg"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def separation_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
+    """Angular distance in degrees (haversine, stable at small angles)."""
+    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
+    h = math.sin((d2 - d1) / 2) ** 2 + math.cos(d1) * math.cos(d2) * math.sin((r2 - r1) / 2) ** 2
+    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h))))
+
+
+class Coalescer(Generic[T]):
+    """Run only the latest of a flood of items, one at a time, on its own thread.
+
+    An item runs once no newer item came for ``quiet`` seconds, or at the latest ``max_wait``
+    seconds after the first item of a burst, so a continuous flood still gets answered.  Items
+    that arrive while one runs are coalesced again.  ``run`` is called on the worker thread.
+
+    Parameters
+    ----------
+    run : callable
+        Called with the latest item and its sequence number.
+    quiet, max_wait : float
+        Seconds (see above).
+    """
+
+    def __init__(self, run: Callable[[T, int], None], quiet: float = 0.3,
+                 max_wait: float = 2.0, name: str = "coalescer") -> None:
+        self._run = run
+        self.quiet = quiet
+        self.max_wait = max(max_wait, quiet)
+        self._cond = threading.Condition()
+        self._item: T | None = None
+        self._has_item = False
+        self._first = 0.0
+        self._last = 0.0
+        self._seq = 0
+        self._stopping = False
+        self.submitted = 0
+        self.ran = 0
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def latest_seq(self) -> int:
+        """Sequence number of the newest item submitted."""
+        return self._seq
+
+    def superseded(self, seq: int) -> bool:
+        """True when a newer item than ``seq`` has been submitted."""
+        return self._seq != seq
+
+    def submit(self, item: T) -> int:
+        """Offer an item; returns its sequence number.  Never blocks on the running item."""
+        with self._cond:
+            now = time.monotonic()
+            if not self._has_item:
+                self._first = now
+            self._item, self._has_item, self._last = item, True, now
+            self._seq += 1
+            self.submitted += 1
+            self._cond.notify()
+            return self._seq
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._has_item and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                due = min(self._last + self.quiet, self._first + self.max_wait)
+                now = time.monotonic()
+                if now < due:
+                    self._cond.wait(due - now)
+                    continue
+                item, seq = self._item, self._seq
+                self._item, self._has_item = None, False
+            try:
+                self.ran += 1
+                self._run(item, seq)  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001 - the worker must outlive any one item
+                log.exception("coalesced task failed")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the worker (a running item finishes first, within ``timeout``)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+
+class EchoGuard:
+    """Remember just-delivered positions, so that a peer's echo of them starts no new query.
+
+    After sampbridge loads an image into DS9, DS9 pans and broadcasts ``coord.pointAt.sky`` at
+    the image centre (or at the clicked position); that message is an echo, not a click.
+
+    Parameters
+    ----------
+    window : float
+        Seconds a remembered position stays an echo candidate.
+    radius_arcsec : float
+        How close a position must be to a remembered one to count as its echo.
+    """
+
+    def __init__(self, window: float = 5.0, radius_arcsec: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self.radius = radius_arcsec / 3600.0
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._marks: deque[tuple[float, float, float]] = deque(maxlen=256)
+
+    def remember(self, *positions: tuple[float, float] | None) -> None:
+        """Remember positions that peers may echo back (``None`` entries are ignored)."""
+        now = self._clock()
+        with self._lock:
+            for p in positions:
+                if p is not None:
+                    self._marks.append((now, float(p[0]), float(p[1])))
+
+    def is_echo(self, ra: float, dec: float) -> bool:
+        """True when ``(ra, dec)`` is within the radius of a position remembered in the window."""
+        now = self._clock()
+        with self._lock:
+            while self._marks and now - self._marks[0][0] > self.window:
+                self._marks.popleft()
+            return any(separation_deg(ra, dec, r, d) <= self.radius
+                       for t, r, d in self._marks if now - t <= self.window)

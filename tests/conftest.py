@@ -1,0 +1,200 @@
+"""Shared fixtures: the local CSC mimic, private SAMP hubs, a recording peer and the daemon."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import pyvo.samp as psamp
+from sampbridge.config import Config, defaults
+
+psamp.conf.use_internet = False
+
+VO_BASE = os.environ.get("SAMPBRIDGE_TEST_VO", "http://127.0.0.1:18080")
+HERE = Path(__file__).parent
+DATA = HERE / "data"
+
+
+def need(ok: bool, why: str, install: str) -> None:
+    """Skip when a needed part is missing; under CI that is a failure, never a silent skip."""
+    if ok:
+        return
+    msg = f"{why}; install and start it with: {install}"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI: {msg}", pytrace=False)
+    pytest.skip(msg)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.02,
+             what: str = "condition") -> object:
+    """Poll ``predicate`` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _vo_up() -> bool:
+    try:
+        with urllib.request.urlopen(f"{VO_BASE}/csc21scs/coneSearch?RA=0&DEC=0&SR=0.001&VERB=1",
+                                    timeout=5) as r:
+            return r.status == 200
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture(scope="session")
+def vo_server() -> str:
+    """The base URL of the local CSC 2.1 mimic (GAVO DaCHS), which must be running."""
+    need(_vo_up(), f"the local CSC mimic does not answer at {VO_BASE}",
+         "sudo bash tests/vo_server/setup.sh")
+    return VO_BASE
+
+
+def local_config(base: str, results: Path, **changes: object) -> Config:
+    """A configuration pointing at the local mimic, with results in ``results``."""
+    cfg = defaults().replace(**{
+        "services.cone": f"{base}/csc21scs/coneSearch",
+        "services.siap": f"{base}/csc21siap/queryImages",
+        "services.tap": f"{base}/csc21tap",
+        "results.dir": str(results),
+        "http.connect_timeout": 5.0,
+        "http.read_timeout": 30.0,
+        "hub.ping_interval": 0.5,
+        "hub.call_timeout": 10.0,
+        "pointat.quiet": 0.1,
+        "pointat.max_wait": 1.0,
+    })
+    return cfg.replace(**changes) if changes else cfg
+
+
+@pytest.fixture
+def cfg(vo_server: str, tmp_path: Path) -> Config:
+    """Configuration for the local mimic with a private results folder."""
+    return local_config(vo_server, tmp_path / "results")
+
+
+@pytest.fixture
+def samp_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private HOME and SAMP lockfile: the user's ~/.samp is never touched."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("SAMP_HUB", f"std-lockurl:file://{home}/.samp")
+    return home
+
+
+@pytest.fixture
+def hub(samp_home: Path) -> Iterator[psamp.SAMPHubServer]:
+    """A pyvo.samp hub in this process on the private lockfile."""
+    h = psamp.SAMPHubServer(addr="127.0.0.1", web_profile=False, lockfile=str(samp_home / ".samp"),
+                            label="test")
+    h.start(wait=False)
+    wait_for(lambda: (samp_home / ".samp").exists(), what="hub lockfile")
+    yield h
+    h.stop()
+
+
+class RecordingPeer:
+    """A real SAMP client standing in for a viewer: it records what it receives and replies."""
+
+    def __init__(self, name: str, mtypes: list[str], fail: bool = False) -> None:
+        self.name = name
+        self.received: list[tuple[str, dict, str]] = []
+        self.lock = threading.Lock()
+        self.fail = fail
+        self.client = psamp.SAMPIntegratedClient(name=name, addr="127.0.0.1")
+        self.client.connect()
+        for mt in mtypes:
+            self.client.bind_receive_call(mt, self._on_call, declare=False)
+            self.client.bind_receive_notification(mt, self._on_notify, declare=False)
+        self.client.declare_subscriptions()
+
+    def _on_call(self, private_key, sender_id, msg_id, mtype, params, extra):  # noqa: ANN001
+        with self.lock:
+            self.received.append((mtype, dict(params), sender_id))
+        if self.fail:
+            self.client.ereply(msg_id, "samp.error", error={"samp.errortxt": "peer refuses"})
+        else:
+            self.client.ereply(msg_id, "samp.ok", result={})
+
+    def _on_notify(self, private_key, sender_id, mtype, params, extra):  # noqa: ANN001
+        with self.lock:
+            self.received.append((mtype, dict(params), sender_id))
+
+    def of(self, mtype: str) -> list[dict]:
+        with self.lock:
+            return [p for m, p, _ in self.received if m == mtype]
+
+    def wait_for(self, mtype: str, count: int = 1, timeout: float = 20.0) -> list[dict]:
+        wait_for(lambda: len(self.of(mtype)) >= count, timeout, what=f"{count} x {mtype} "
+                 f"at {self.name}")
+        return self.of(mtype)
+
+    def call(self, recipient: str, mtype: str, params: dict, timeout: float = 30.0) -> dict:
+        return self.client.call_and_wait(recipient, {"samp.mtype": mtype,
+                                                     "samp.params": params}, str(int(timeout)))
+
+    def notify(self, recipient: str, mtype: str, params: dict) -> None:
+        self.client.notify(recipient, {"samp.mtype": mtype, "samp.params": params})
+
+    def find(self, name: str, timeout: float = 10.0) -> str:
+        def look() -> str | None:
+            for cid in self.client.get_registered_clients():
+                try:
+                    if self.client.get_metadata(cid).get("samp.name") == name:
+                        return cid
+                except Exception:  # noqa: BLE001
+                    pass
+            return None
+        return str(wait_for(look, timeout, what=f"client {name} registered"))
+
+    def close(self) -> None:
+        try:
+            self.client.disconnect()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+@pytest.fixture
+def make_peer(hub) -> Iterator[Callable[..., RecordingPeer]]:  # noqa: ANN001
+    peers: list[RecordingPeer] = []
+
+    def make(name: str = "topcat", mtypes: list[str] | None = None, fail: bool = False
+             ) -> RecordingPeer:
+        p = RecordingPeer(name, mtypes or ["table.load.votable", "image.load.fits"], fail)
+        peers.append(p)
+        return p
+
+    yield make
+    for p in peers:
+        p.close()
+
+
+@pytest.fixture
+def make_daemon(hub) -> Iterator[Callable[..., object]]:  # noqa: ANN001
+    """Start :class:`sampbridge.daemon.Daemon` instances; all are stopped afterwards."""
+    from sampbridge.daemon import Daemon
+
+    started: list[Daemon] = []
+
+    def make(cfg: Config) -> Daemon:
+        d = Daemon(cfg)
+        started.append(d)
+        d.start(wait=10)
+        assert d.conn.connected, "the daemon did not register with the hub"
+        return d
+
+    yield make
+    for d in started:
+        d.stop()
