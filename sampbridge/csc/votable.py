@@ -54,6 +54,8 @@ def summarize(path: Path) -> VOTableSummary:
     ServiceError
         If the file is not a VOTable (an HTML error page, a truncated body...).
     """
+    if path.stat().st_size == 0:
+        raise ServiceError("the service sent an empty body, not a VOTable")
     status, message, rows = "OK", "", 0
     columns: list[str] = []
     in_table = 0

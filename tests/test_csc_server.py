@@ -1,0 +1,147 @@
+"""The query layer against the real local CSC mimic (GAVO DaCHS on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import requests
+from astropy.io import fits
+from astropy.io.votable import parse_single_table
+from astropy.wcs import WCS
+from pyvo.dal import SCSService
+
+from sampbridge.csc.adql import cone_query
+from sampbridge.csc.errors import QueryError
+from sampbridge.engine import Engine
+from sampbridge.model import ConeRequest, SiapRequest, TapRequest
+
+pytestmark = pytest.mark.server
+
+GUIDE = Path(__file__).parent / "data" / "cxc_guide"
+
+
+def names(path: Path) -> list[str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = parse_single_table(str(path)).to_table()
+    return sorted(str(n) for n in t["name"])
+
+
+def direct_cone(base: str, ra: float, dec: float, sr: float, verb: int = 2) -> list[str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = SCSService(f"{base}/csc21scs/coneSearch").search((ra, dec), sr, verbosity=verb)
+    return sorted(str(n) for n in t.to_table()["name"])
+
+
+@pytest.fixture
+def engine(cfg):
+    e = Engine(cfg)
+    yield e
+    e.close()
+
+
+def test_cone_equals_direct_pyvo_query(engine, vo_server):
+    res = engine.run_cone(ConeRequest(246.7925, -24.32027, 0.05, 2))
+    assert res.rows == 109
+    assert names(res.path) == direct_cone(vo_server, 246.7925, -24.32027, 0.05)
+    assert res.name == "CSC 2.1 cone 246.79250 -24.32027 r=3'"
+    assert res.path.parent == engine.results_dir
+    assert oct(engine.results_dir.stat().st_mode & 0o777) == "0o700"
+
+
+@pytest.mark.parametrize("verb, ncols", [(1, 4), (2, 24), (3, 80)])
+def test_cone_verb_levels(engine, verb, ncols):
+    res = engine.run_cone(ConeRequest(246.7925, -24.32027, 0.02, verb))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert len(parse_single_table(str(res.path)).fields) == ncols
+
+
+@pytest.mark.parametrize("ra, dec, r", [(246.7925, -24.32027, 0.05), (0.02, 1.5, 0.1),
+                                        (359.99, 1.5, 0.08), (12.0, 89.85, 0.25),
+                                        (200.0, 89.99, 0.2)])
+def test_csc_dialect_box_selects_the_same_rows_as_contains(engine, ra, dec, r):
+    """The CSC dialect's BETWEEN box, cut by a distance the mimic knows, equals CONTAINS."""
+    geo = cone_query("csc21.master_source", ra, dec, r, "geometry", columns=["name"])
+    box = cone_query("csc21.master_source", ra, dec, r, "csc", columns=["name"],
+                     distance="DISTANCE(POINT('ICRS', {ra}, {dec}), "
+                              "POINT('ICRS', {ra0}, {dec0})) <= {r_deg}")
+    a = engine.run_tap(TapRequest(geo, "geo", None))
+    b = engine.run_tap(TapRequest(box, "box", None))
+    assert a.rows > 0
+    assert names(a.path) == names(b.path)
+
+
+def test_capabilities_choose_the_geometry_dialect(engine):
+    caps = engine.tap.capabilities()
+    assert caps.geometry and caps.upload
+    assert engine.tap.dialect("auto") == "geometry"
+    assert engine.tap.dialect("csc") == "csc"
+
+
+def test_cone_through_tap_equals_scs(cfg, vo_server):
+    e = Engine(cfg.replace(**{"cone.service": "tap"}))
+    try:
+        res = e.run_cone(ConeRequest(0.02, 1.5, 0.1, 2))
+        assert names(res.path) == direct_cone(vo_server, 0.02, 1.5, 0.1)
+    finally:
+        e.close()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("query", sorted(p.name for p in GUIDE.glob("*.adql")))
+def test_cxc_guide_queries_run_unchanged(cfg, query, mode):
+    e = Engine(cfg.replace(**{"tap.mode": mode}))
+    try:
+        res = e.run_tap(TapRequest((GUIDE / query).read_text(), query, None))
+        assert res.rows == 1000 and not res.overflow
+        got = names(res.path)
+        assert not any(n.endswith("X") for n in got)
+    finally:
+        e.close()
+
+
+def test_maxrec_sets_the_overflow_flag(engine):
+    res = engine.run_tap(TapRequest("SELECT name FROM csc21.master_source", None, 7))
+    assert res.rows == 7 and res.overflow
+
+
+def test_invalid_adql_gives_the_service_message_and_deletes_the_job(engine):
+    jobs: list[str] = []
+    with pytest.raises(QueryError) as ei:
+        engine.tap.async_to_file("SELECT nope FROM csc21.master_source",
+                                 engine.results_dir / "x.vot", on_job=jobs.append)
+    assert "nope" in str(ei.value)
+    assert jobs and requests.get(jobs[0], timeout=5).status_code == 404
+    assert not (engine.results_dir / "x.vot").exists()
+
+
+def test_async_job_is_deleted_after_success(engine):
+    jobs: list[str] = []
+    engine.tap.async_to_file("SELECT TOP 3 name FROM csc21.master_source",
+                             engine.results_dir / "y.vot", on_job=jobs.append)
+    assert requests.get(jobs[0], timeout=5).status_code == 404
+
+
+def test_siap_downloads_real_fits_with_wcs(engine, tmp_path):
+    res = engine.run_siap(SiapRequest(246.7925, -24.32027, 0.2), dest_dir=tmp_path, count=2)
+    assert res.found == 6 and len(res.images) == 2
+    for img in res.images:
+        assert img.band == "b"
+        with fits.open(img.path) as hdul:
+            w = WCS(hdul[0].header)
+            assert w.has_celestial and hdul[0].data.shape == (200, 200)
+        assert img.centre is not None
+
+
+def test_siap_size_cap_skips(cfg, tmp_path):
+    e = Engine(cfg.replace(**{"images.max_bytes": 1000}))
+    try:
+        res = e.run_siap(SiapRequest(246.7925, -24.32027, 0.2), dest_dir=tmp_path)
+        assert res.images == [] and res.skipped and "over the cap" in res.skipped[0]
+        assert not list(tmp_path.glob("*.fits*"))
+    finally:
+        e.close()

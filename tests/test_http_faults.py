@@ -1,0 +1,70 @@
+"""The HTTP layer against a loopback server that misbehaves on purpose."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from faulty_server import FaultyServer, wait_port_closed_url
+from sampbridge.csc.cone import ConeService
+from sampbridge.csc.errors import ResultTooLarge, ServiceError, ServiceTimeout, ServiceUnreachable
+from sampbridge.csc.http import USER_AGENT, make_session
+
+
+@pytest.fixture
+def server():
+    with FaultyServer(slow_seconds=10) as s:
+        yield s
+
+
+def cone(url: str, **kw) -> ConeService:
+    return ConeService(url, make_session(2.0, kw.pop("read", 1.0)), **kw)
+
+
+def test_ok_and_user_agent(server, tmp_path):
+    res = cone(server.url("/ok")).query_to_file(1, 2, 0.1, tmp_path / "r.vot")
+    assert res.rows == 109
+    assert "sampbridge/" in USER_AGENT
+
+
+def test_unreachable_service(tmp_path):
+    with pytest.raises(ServiceUnreachable, match="cannot reach the service at 127.0.0.1"):
+        cone(wait_port_closed_url(), retries=0).query_to_file(1, 2, 0.1, tmp_path / "r.vot")
+    assert not list(tmp_path.iterdir())
+
+
+def test_read_timeout(server, tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(ServiceTimeout, match="did not answer within the read timeout"):
+        cone(server.url("/slow"), retries=0, read=0.5).query_to_file(1, 2, 0.1, tmp_path / "r")
+    assert time.monotonic() - t0 < 5
+    assert not list(tmp_path.iterdir())
+
+
+def test_http_500_carries_status_and_body(server, tmp_path):
+    with pytest.raises(ServiceError) as ei:
+        cone(server.url("/500"), retries=0).query_to_file(1, 2, 0.1, tmp_path / "r.vot")
+    assert ei.value.status == 500
+    assert "HTTP 500" in str(ei.value) and "database is down" in str(ei.value)
+
+
+@pytest.mark.parametrize("path", ["/503-then-ok", "/429-then-ok"])
+def test_transient_errors_are_retried_with_retry_after(server, tmp_path, path):
+    res = cone(server.url(path), retries=2).query_to_file(1, 2, 0.1, tmp_path / "r.vot")
+    assert res.rows == 109
+    assert server.hits[path] == 2
+
+
+@pytest.mark.parametrize("path, words", [("/html", "not a VOTable"),
+                                         ("/truncated", "cut off|not a complete")])
+def test_bad_bodies(server, tmp_path, path, words):
+    with pytest.raises(ServiceError, match=words):
+        cone(server.url(path), retries=0).query_to_file(1, 2, 0.1, tmp_path / "r.vot")
+    assert not list(tmp_path.iterdir())
+
+
+def test_size_cap_leaves_nothing(server, tmp_path):
+    with pytest.raises(ResultTooLarge, match="over the cap of 1,000,000 bytes"):
+        cone(server.url("/big"), max_bytes=1_000_000).query_to_file(1, 2, 0.1, tmp_path / "r")
+    assert not list(tmp_path.iterdir())
