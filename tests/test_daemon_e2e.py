@@ -1,0 +1,306 @@
+"""End to end: a real hub (pyvo.samp, in process), the daemon, a peer acting as TOPCAT/DS9,
+and the real local CSC mimic."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from conftest import local_config, wait_for
+from test_csc_server import GUIDE, direct_cone, names
+
+pytestmark = pytest.mark.server
+
+RHO = {"ra": "246.7925", "dec": "-24.32027"}
+
+
+def path_of(url: str) -> Path:
+    return Path(url2pathname(urlsplit(url).path))
+
+
+@pytest.fixture
+def no_images(cfg):
+    return cfg.replace(**{"images.enabled": False})
+
+
+def test_registration_metadata_and_subscriptions(no_images, make_daemon, make_peer):
+    d = make_daemon(no_images)
+    peer = make_peer("topcat")
+    sid = peer.find("sampbridge")
+    md = peer.client.get_metadata(sid)
+    assert md["samp.name"] == "sampbridge" and md["sampbridge.version"]
+    assert "Chandra Source Catalog" in md["samp.description.text"]
+    subs = peer.client.get_subscriptions(sid)
+    for mt in ("coord.pointAt.sky", "x-sampbridge.query.cone", "x-sampbridge.query.siap",
+               "x-sampbridge.query.tap", "samp.hub.event.shutdown", "samp.hub.disconnect"):
+        assert mt in subs
+    assert subs["x-sampbridge.query.tap"].get("x-samp.mostly-harmless") == "1"
+    assert d.conn.connected
+
+
+def test_point_at_sends_the_cone_table_to_topcat_and_fits_to_ds9(cfg, make_daemon, make_peer,
+                                                                 vo_server):
+    make_daemon(cfg)
+    topcat = make_peer("topcat", ["table.load.votable"])
+    ds9 = make_peer("SAOImageDS9", ["image.load.fits", "table.load.votable"])
+    sid = topcat.find("sampbridge")
+    topcat.notify(sid, "coord.pointAt.sky", RHO)
+    (tab,) = topcat.wait_for("table.load.votable")
+    assert tab["name"] == "CSC 2.1 cone 246.79250 -24.32027 r=3'"
+    assert tab["table-id"].startswith("sampbridge-cone-")
+    assert names(path_of(tab["url"])) == direct_cone(vo_server, 246.7925, -24.32027, 0.05)
+    (img,) = ds9.wait_for("image.load.fits")
+    with fits.open(path_of(img["url"])) as hdul, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert WCS(hdul[0].header).has_celestial
+    assert ds9.of("table.load.votable") == []   # tables go to send_tables_to only
+
+
+def test_table_ids_are_unique_and_results_persist(no_images, make_daemon, make_peer):
+    make_daemon(no_images)
+    topcat = make_peer("topcat", ["table.load.votable"])
+    sid = topcat.find("sampbridge")
+    for i, (ra, dec) in enumerate([("246.7925", "-24.32027"), ("246.80", "-24.32"),
+                                   ("0.02", "1.5")]):
+        topcat.call(sid, "coord.pointAt.sky", {"ra": ra, "dec": dec})
+        tabs = topcat.wait_for("table.load.votable", i + 1)
+    ids = [t["table-id"] for t in tabs]
+    assert len(set(ids)) == 3
+    assert all(path_of(t["url"]).exists() for t in tabs)
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"ra": "abc", "dec": "1"}, "'ra' must be a number"),
+    ({"ra": "nan", "dec": "1"}, "finite"),
+    ({"ra": "10", "dec": "95"}, "between -90 and +90"),
+    ({"ra": "10"}, "'dec' missing"),
+])
+def test_bad_positions_get_a_readable_samp_error(no_images, make_daemon, make_peer, params,
+                                                 words):
+    d = make_daemon(no_images)
+    peer = make_peer("topcat", ["table.load.votable"])
+    sid = peer.find("sampbridge")
+    resp = peer.call(sid, "coord.pointAt.sky", params)
+    assert resp["samp.status"] == "samp.error"
+    assert words in resp["samp.error"]["samp.errortxt"]
+    peer.notify(sid, "coord.pointAt.sky", params)      # as a notify: logged, nothing crashes
+    assert peer.call(sid, "samp.app.ping", {})["samp.status"] == "samp.ok"
+    assert d.conn.connected and d.stats["errors"] >= 2
+
+
+def test_flood_of_point_at_is_coalesced(no_images, make_daemon, make_peer):
+    d = make_daemon(no_images)
+    topcat = make_peer("topcat", ["table.load.votable"])
+    sid = topcat.find("sampbridge")
+    for i in range(60):
+        topcat.notify(sid, "coord.pointAt.sky", {"ra": f"{246.70 + i * 0.002:.4f}",
+                                                 "dec": "-24.32027"})
+    wait_for(lambda: any(t["name"].startswith("CSC 2.1 cone 246.81800")
+                         for t in topcat.of("table.load.votable")), 20, what="last position")
+    assert d.coalescer.submitted == 60
+    assert d.stats["queries"] <= 6
+
+
+def test_echo_after_an_image_load_starts_no_query(cfg, make_daemon, make_peer):
+    d = make_daemon(cfg)
+    topcat = make_peer("topcat", ["table.load.votable"])
+    ds9 = make_peer("SAOImageDS9", ["image.load.fits"])
+    sid = ds9.find("sampbridge")
+    ds9.notify(sid, "coord.pointAt.sky", RHO)
+    (img,) = ds9.wait_for("image.load.fits")
+    topcat.wait_for("table.load.votable")
+    # what DS9 does next: it pans to the image and broadcasts its centre, then the position
+    with fits.open(path_of(img["url"])) as hdul, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        h = hdul[0].header
+        ra_c, dec_c = WCS(h).celestial.all_pix2world([[(h["NAXIS1"] - 1) / 2,
+                                                      (h["NAXIS2"] - 1) / 2]], 0)[0]
+    queries = d.stats["queries"]
+    ds9.call(sid, "coord.pointAt.sky", {"ra": f"{ra_c:.6f}", "dec": f"{dec_c:.6f}"})
+    resp = ds9.call(sid, "coord.pointAt.sky", RHO)
+    assert resp["samp.result"].get("ignored") == "echo"
+    assert d.stats["echoes"] == 2
+    time.sleep(0)  # nothing to wait for: an echo is dropped synchronously
+    assert d.stats["queries"] == queries and d.coalescer.submitted == 1
+    # a genuinely new click still works
+    ds9.notify(sid, "coord.pointAt.sky", {"ra": "246.70", "dec": "-24.30"})
+    topcat.wait_for("table.load.votable", 2)
+
+
+def test_custom_cone_mtype_replies_with_the_result(no_images, make_daemon, make_peer, vo_server):
+    make_daemon(no_images)
+    topcat = make_peer("topcat", ["table.load.votable"])
+    sid = topcat.find("sampbridge")
+    resp = topcat.call(sid, "x-sampbridge.query.cone", {**RHO, "radius": "0.02", "verb": "1"})
+    assert resp["samp.status"] == "samp.ok", resp
+    r = resp["samp.result"]
+    assert r["status"] == "done" and int(r["rows"]) > 0
+    assert names(path_of(r["url"])) == direct_cone(vo_server, 246.7925, -24.32027, 0.02, 1)
+    (tab,) = topcat.wait_for("table.load.votable")
+    assert tab["table-id"] == r["table-id"] and r["sent-to"] == ["topcat"]
+
+
+def test_custom_siap_mtype(no_images, make_daemon, make_peer):
+    make_daemon(no_images)
+    ds9 = make_peer("SAOImageDS9", ["image.load.fits"])
+    sid = ds9.find("sampbridge")
+    resp = ds9.call(sid, "x-sampbridge.query.siap", {**RHO, "size": "0.2"})
+    assert resp["samp.status"] == "samp.ok", resp
+    assert path_of(resp["samp.result"]["url"]).read_bytes()[:9] == b"SIMPLE  ="
+    ds9.wait_for("image.load.fits")
+
+
+@pytest.mark.parametrize("query", sorted(p.name for p in GUIDE.glob("*.adql")))
+def test_custom_tap_mtype_runs_the_cxc_guide_queries(no_images, make_daemon, make_peer, query):
+    make_daemon(no_images)
+    topcat = make_peer("topcat", ["table.load.votable"])
+    sid = topcat.find("sampbridge")
+    resp = topcat.call(sid, "x-sampbridge.query.tap",
+                       {"adql": (GUIDE / query).read_text(), "name": query})
+    assert resp["samp.status"] == "samp.ok", resp
+    assert resp["samp.result"]["rows"] == "1000"
+    (tab,) = topcat.wait_for("table.load.votable")
+    assert tab["name"] == query and tab["table-id"] == resp["samp.result"]["table-id"]
+
+
+@pytest.mark.parametrize("mtype, params, words", [
+    ("x-sampbridge.query.tap", {"adql": "SELECT nope FROM csc21.master_source"},
+     "column 'nope' could not be located"),
+    ("x-sampbridge.query.tap", {"adql": "SELEKT * FROM x"}, "rejected by the service"),
+    ("x-sampbridge.query.tap", {}, "'adql' is missing"),
+    ("x-sampbridge.query.cone", {"ra": "1", "dec": "1", "radius": "30"}, "'radius' must be"),
+    ("x-sampbridge.query.cone", {"ra": "1", "dec": "1", "verb": "x"}, "'verb' must be"),
+    ("x-sampbridge.query.siap", {"ra": "1"}, "'dec' missing"),
+    ("x-sampbridge.query.siap", {"ra": "120", "dec": "-60"}, "no image found"),
+])
+def test_custom_mtype_errors_are_readable(no_images, make_daemon, make_peer, mtype, params,
+                                          words):
+    d = make_daemon(no_images)
+    peer = make_peer("topcat", ["table.load.votable"])
+    sid = peer.find("sampbridge")
+    resp = peer.call(sid, mtype, params)
+    assert resp["samp.status"] == "samp.error"
+    assert words in resp["samp.error"]["samp.errortxt"]
+    assert d.conn.connected
+
+
+def test_unreachable_service_gives_a_readable_error(tmp_path, make_daemon, make_peer):
+    from faulty_server import wait_port_closed_url
+
+    dead = wait_port_closed_url()
+    cfg = local_config(dead.rsplit("/", 1)[0], tmp_path / "r", **{
+        "images.enabled": False, "http.retries": 0, "services.cone": dead})
+    make_daemon(cfg)
+    peer = make_peer("topcat", ["table.load.votable"])
+    sid = peer.find("sampbridge")
+    resp = peer.call(sid, "x-sampbridge.query.cone", RHO)
+    assert resp["samp.status"] == "samp.error"
+    assert "cannot reach the service" in resp["samp.error"]["samp.errortxt"]
+
+
+def test_long_tap_job_gets_an_early_pending_reply_then_the_table(no_images, make_daemon,
+                                                                 make_peer):
+    d = make_daemon(no_images.replace(reply_within=0.1))
+    topcat = make_peer("topcat", ["table.load.votable"])
+    sid = topcat.find("sampbridge")
+    resp = topcat.call(sid, "x-sampbridge.query.tap",
+                       {"adql": (GUIDE / "3_observation_detections.adql").read_text()})
+    assert resp["samp.status"] == "samp.ok"
+    assert resp["samp.result"]["status"] == "pending"
+    (tab,) = topcat.wait_for("table.load.votable", timeout=30)
+    assert path_of(tab["url"]).exists()
+    assert d.conn.connected
+
+
+def test_peer_that_refuses_a_table_is_logged_not_fatal(no_images, make_daemon, make_peer,
+                                                       caplog):
+    d = make_daemon(no_images)
+    topcat = make_peer("topcat", ["table.load.votable"], fail=True)
+    sid = topcat.find("sampbridge")
+    resp = topcat.call(sid, "x-sampbridge.query.cone", RHO)
+    assert resp["samp.status"] == "samp.ok" and resp["samp.result"].get("sent-to") in (None, [])
+    assert d.conn.connected
+
+
+def test_connect_mode_waits_for_a_late_hub(no_images, samp_home):
+    import pyvo.samp as psamp
+
+    from sampbridge.daemon import Daemon
+
+    d = Daemon(no_images.replace(**{"hub.mode": "connect"}))
+    d.start()
+    try:
+        assert not d.conn.connected and not d.conn.own_hub
+        hub = psamp.SAMPHubServer(addr="127.0.0.1", web_profile=False,
+                                  lockfile=str(samp_home / ".samp"))
+        hub.start(wait=False)
+        try:
+            wait_for(lambda: d.conn.connected, 10, what="registration with the late hub")
+            hub.stop()
+            wait_for(lambda: not d.conn.connected, 10, what="noticing the hub is gone")
+            hub = psamp.SAMPHubServer(addr="127.0.0.1", web_profile=False,
+                                      lockfile=str(samp_home / ".samp"))
+            hub.start(wait=False)
+            wait_for(lambda: d.conn.connected and d.conn.connect_count == 2, 10,
+                     what="registration with the new hub")
+        finally:
+            hub.stop()
+    finally:
+        d.stop()
+
+
+def test_auto_mode_starts_its_own_hub(no_images, samp_home):
+    from sampbridge.daemon import Daemon
+    from sampbridge.samp.connection import find_running_hub
+
+    d = Daemon(no_images)
+    d.start(wait=10)
+    try:
+        assert d.conn.own_hub and d.conn.connected
+        hub = find_running_hub()
+        assert hub and hub["samp.hub.xmlrpc.url"].startswith("http://127.0.0.1:")
+    finally:
+        d.stop()
+    assert find_running_hub() is None
+
+
+def test_sampbridge_run_stops_cleanly_on_sigterm(no_images, hub, make_peer, tmp_path):
+    cfgfile = tmp_path / "c.yaml"
+    cfgfile.write_text(
+        "services:\n"
+        f"  cone: {no_images['services.cone']}\n"
+        f"  siap: {no_images['services.siap']}\n"
+        f"  tap: {no_images['services.tap']}\n"
+        f"results:\n  dir: {tmp_path / 'res'}\nimages:\n  enabled: false\n"
+        "hub:\n  mode: connect\n")
+    proc = subprocess.Popen([sys.executable, "-m", "sampbridge", "run", "--config",
+                             str(cfgfile)], env=dict(os.environ), stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        peer = make_peer("topcat", ["table.load.votable"])
+        sid = peer.find("sampbridge", timeout=20)
+        peer.notify(sid, "coord.pointAt.sky", RHO)
+        peer.wait_for("table.load.votable")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert sid not in peer.client.get_registered_clients()
+    assert "received SIGTERM" in err and "stopped" in err
+    assert "coord.pointAt.sky from topcat: 246.79250 -24.32027" in err
+    assert "rows in" in err and "-> topcat" in err
+    assert "Traceback" not in err
+    assert not list((tmp_path / "res").glob("*.part"))
