@@ -1,4 +1,4 @@
-"""Command line: ``sampbridge run | check-config | query ...``.  The only place logging is set up."""
+"""Command line: ``sampbridge run | check-config | query ...``; the only place logging is set."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ class Coalescer(Generic[T]):
         return self._seq
 
     def superseded(self, seq: int) -> bool:
-        """True when a newer item than ``seq`` has been submitted."""
+        """Tell whether an item newer than ``seq`` has been submitted."""
         return self._seq != seq
 
     def submit(self, item: T) -> int:
@@ -135,7 +135,7 @@ class EchoGuard:
                     self._marks.append((now, float(p[0]), float(p[1])))
 
     def is_echo(self, ra: float, dec: float) -> bool:
-        """True when ``(ra, dec)`` is within the radius of a position remembered in the window."""
+        """Tell whether ``(ra, dec)`` lies within the radius of a position remembered lately."""
         now = self._clock()
         with self._lock:
             while self._marks and now - self._marks[0][0] > self.window:

@@ -124,7 +124,8 @@ def _check_keys(params: Mapping[str, Any], allowed: set[str], what: str) -> None
     unknown = sorted(k for k in params if k not in allowed and not str(k).startswith("x-"))
     if unknown:
         raise RequestError(f"unknown parameter{'s' if len(unknown) > 1 else ''} for {what}: "
-                           + ", ".join(map(repr, unknown)) + f" (allowed: {', '.join(sorted(allowed))})")
+                           + ", ".join(map(repr, unknown))
+                           + f" (allowed: {', '.join(sorted(allowed))})")
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 import pyvo.samp as psamp
+
 from sampbridge.config import Config, defaults
 
 psamp.conf.use_internet = False

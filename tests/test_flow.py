@@ -4,6 +4,7 @@ import threading
 import time
 
 from conftest import wait_for
+
 from sampbridge.flow import Coalescer, EchoGuard
 
 

@@ -82,7 +82,8 @@ class SiapService:
         self.max_bytes = max_bytes
         self.retries = retries
 
-    def search(self, ra: float, dec: float, size: float, fmt: str = "image/fits") -> list[ImageInfo]:
+    def search(self, ra: float, dec: float, size: float,
+               fmt: str = "image/fits") -> list[ImageInfo]:
         """Return the images that cover a position."""
         with translated("image query (SIAP)", self.url), warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -140,6 +140,12 @@ class TapClient:
 
         Parameters
         ----------
+        adql : str
+            The query, passed as it is.
+        dest : Path
+            Where the VOTable goes (written atomically).
+        maxrec : int, optional
+            MAXREC; ``None`` leaves the service default.
         cancel : threading.Event, optional
             When set, the job is aborted and deleted and :class:`Cancelled` is raised.
         on_job : callable, optional

@@ -270,7 +270,7 @@ class HubConnection:
 
     @property
     def self_id(self) -> str | None:
-        """This client's public id, when registered."""
+        """Return this client's public id, when registered."""
         c = self._client
         try:
             return c.get_public_id() if c is not None and self.connected else None
@@ -491,4 +491,4 @@ class HubConnection:
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
         return [r or Delivery(cid, name, False, "no reply in time")
-                for r, (cid, name) in zip(results, targets)]
+                for r, (cid, name) in zip(results, targets, strict=True)]
