@@ -8,26 +8,46 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .config import Config
 from .csc.errors import CSCError
-from .engine import Engine, ImageResult, TableResult
+from .engine import Engine, ImageResult, MatchResult, TableResult
 from .flow import Coalescer, EchoGuard
 from .model import ConeRequest, RequestError, SiapRequest, TapRequest, parse_position
 from .samp.connection import HubConnection, Message
+from .tables import KnownTable, KnownTables, TableError, fetch_table
 
-__all__ = ["Daemon", "MTYPE_CONE", "MTYPE_SIAP", "MTYPE_TAP"]
+__all__ = ["Daemon", "MTYPE_CONE", "MTYPE_SIAP", "MTYPE_TAP", "MTYPE_MATCH"]
 
 log = logging.getLogger("sampbridge")
 
 MTYPE_CONE = "x-sampbridge.query.cone"
 MTYPE_SIAP = "x-sampbridge.query.siap"
 MTYPE_TAP = "x-sampbridge.query.tap"
+MTYPE_MATCH = "x-sampbridge.match.table"
+
+
+@dataclass(frozen=True)
+class MatchJob:
+    """A table to match: where it came from, and (once fetched) where it is."""
+
+    url: str
+    table_id: str
+    name: str
+    rows: tuple[int, ...] | None = None
+    radius: float | None = None
+    mode: str | None = None
+    entry: KnownTable | None = None
+
+    def __str__(self) -> str:
+        sel = f", {len(self.rows)} selected rows" if self.rows is not None else ""
+        return f"match '{self.name}' ({self.url}{sel})"
 
 DESCRIPTION = ("Chandra Source Catalog bridge: click a position in DS9, Aladin or TOPCAT and "
                "get the CSC sources (and images) around it; runs CSC TAP queries on request.")
@@ -68,6 +88,8 @@ class Daemon:
         self.echo = EchoGuard(cfg["echo.window"], cfg["echo.radius"])
         self.coalescer: Coalescer[tuple[float, float, str]] = Coalescer(
             self._run_point, cfg["pointat.quiet"], cfg["pointat.max_wait"], name="pointat")
+        self.known = KnownTables(cfg["tables.cache_size"])
+        self.incoming = self.engine.results_dir / "incoming"
         self._pending: set[Message] = set()
         self._pending_lock = threading.Lock()
         self.stats = {"received": 0, "queries": 0, "delivered": 0, "errors": 0, "echoes": 0}
@@ -75,7 +97,13 @@ class Daemon:
             MTYPE_CONE: self._on_cone,
             MTYPE_SIAP: self._on_siap,
             MTYPE_TAP: self._on_tap,
+            MTYPE_MATCH: self._on_match,
+            "table.highlight.row": self._on_highlight,
+            "table.select.rowList": self._on_select,
         }
+        if cfg["tables.subscribe"]:
+            handlers["table.load.votable"] = self._on_table_load
+            handlers["table.load.fits"] = self._on_table_load
         if cfg["pointat.enabled"]:
             handlers["coord.pointAt.sky"] = self._on_point_at
         self.conn = HubConnection("sampbridge", DESCRIPTION, __version__, handlers,
@@ -158,6 +186,7 @@ class Daemon:
     # -- delivery -----------------------------------------------------------------------
     def _deliver_table(self, res: TableResult, origin: str) -> list[str]:
         params = {"url": res.url, "table-id": res.table_id, "name": res.name}
+        self.known.put(KnownTable(res.table_id, res.url, res.path, res.name))
         outcomes = self.conn.send("table.load.votable", params, self.cfg["send_tables_to"])
         sent = [d.client_name for d in outcomes if d.ok]
         for d in outcomes:
@@ -205,8 +234,13 @@ class Daemon:
         self._query(msg, lambda: TapRequest.from_params(msg.params, self.cfg),
                     lambda req: self.engine.run_tap(req, cancel=self.cancel))
 
-    def _query(self, msg: Message, build: Callable[[], Any], run: Callable[[Any], Any]) -> None:
-        """Validate now, run on a worker, reply when done or early with 'pending'."""
+    def _query(self, msg: Message, build: Callable[[], Any], run: Callable[[Any], Any],
+               prepare: Callable[[Any], Any] | None = None) -> None:
+        """Validate now, run on a worker, reply when done or early with 'pending'.
+
+        ``prepare`` runs on the worker before the early-reply timer starts: a table is fetched
+        before any reply, because some senders (STILTS) withdraw its URL once they get one.
+        """
         self.stats["received"] += 1
         try:
             req = build()
@@ -218,14 +252,129 @@ class Daemon:
             msg.defer()
             with self._pending_lock:
                 self._pending.add(msg)
-        t0 = time.perf_counter()
-        future = self.executor.submit(self._run_and_deliver, msg, run, req)
-        if msg.is_call:
-            timer = threading.Timer(self.cfg["reply_within"], self._reply_pending, (msg,))
-            timer.daemon = True
-            timer.start()
-            future.add_done_callback(lambda f: timer.cancel())
-        log.debug("queued in %s", _ms(time.perf_counter() - t0))
+        self.executor.submit(self._run_and_deliver, msg, run, req, prepare)
+
+    def _arm_pending_timer(self, msg: Message) -> threading.Timer | None:
+        if not msg.is_call:
+            return None
+        timer = threading.Timer(self.cfg["reply_within"], self._reply_pending, (msg,))
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    # -- tables -------------------------------------------------------------------------
+    def _fetch(self, job: MatchJob) -> MatchJob:
+        """Fetch and read a table (on a worker, before any reply); remember it."""
+        from .engine import ensure_private_dir
+
+        ensure_private_dir(self.incoming)
+        path = fetch_table(job.url, self.incoming, self.engine.session,
+                           max_bytes=self.cfg["tables.max_bytes"],
+                           allow_remote=self.cfg["tables.allow_remote"])
+        entry = KnownTable(job.table_id, job.url, path, job.name)
+        entry.table(self.cfg["tables.max_rows"])
+        self.known.put(entry)
+        return replace(job, entry=entry)
+
+    def _match(self, job: MatchJob) -> MatchResult:
+        assert job.entry is not None
+        table = job.entry.table(self.cfg["tables.max_rows"])
+        rows = None
+        if job.rows is not None:
+            bad = [r for r in job.rows if not 0 <= r < len(table)]
+            if bad:
+                raise TableError(f"row {bad[0]} is outside the table, which has {len(table)} "
+                                 "rows")
+            import numpy as np
+
+            rows = np.asarray(job.rows, dtype=int)
+        name = job.name if rows is None else f"{job.name} [{len(rows)} selected]"
+        return self.engine.run_match(table, name, rows=rows, radius_arcsec=job.radius,
+                                     mode=job.mode)
+
+    def _table_job(self, msg: Message, rows: tuple[int, ...] | None = None) -> MatchJob:
+        p = msg.params
+        url = p.get("url")
+        if not isinstance(url, str) or not url.strip():
+            raise TableError("the message has no table 'url'")
+        table_id = str(p.get("table-id") or url)
+        name = str(p.get("name") or Path(url.rstrip("/")).name or "table")
+        radius = mode = None
+        if "radius" in p:
+            from .model import _opt_float
+
+            radius = _opt_float(p, "radius", self.cfg["match.radius"], 0.0, 3600.0, "arcsec")
+        if "mode" in p:
+            if p["mode"] not in ("best", "all"):
+                raise RequestError(f"'mode' must be best or all, not {p['mode']!r}")
+            mode = p["mode"]
+        return MatchJob(url.strip(), table_id, name, rows, radius, mode)
+
+    def _on_table_load(self, msg: Message) -> None:
+        if msg.sender_id == self.conn.self_id:
+            return
+        self._query(msg, lambda: self._table_job(msg), self._match, prepare=self._fetch)
+
+    def _on_match(self, msg: Message) -> None:
+        self._query(msg, lambda: self._table_job(msg), self._match, prepare=self._fetch)
+
+    def _known(self, msg: Message) -> KnownTable | None:
+        entry = self.known.get(msg.params.get("table-id"), msg.params.get("url"))
+        if entry is None:
+            text = (f"sampbridge does not know table {msg.params.get('table-id') or '?'} "
+                    f"({msg.params.get('url') or 'no url'}): send the table to sampbridge first")
+            if msg.is_call:
+                self._refuse(msg, TableError(text))
+            else:
+                log.debug("%s from %s: %s", msg.mtype, msg.sender_name, text)
+        return entry
+
+    def _on_highlight(self, msg: Message) -> None:
+        self.stats["received"] += 1
+        entry = self._known(msg)
+        if entry is None:
+            return
+        try:
+            row = int(str(msg.params.get("row", "")).strip())
+            pos = entry.positions(self.cfg["tables.max_rows"])
+            if not 0 <= row < len(pos.ra):
+                raise TableError(f"row {row} is outside table '{entry.name}' "
+                                 f"({len(pos.ra)} rows)")
+            if not pos.valid[row]:
+                raise TableError(f"row {row} of '{entry.name}' has no usable position")
+        except ValueError:
+            self._refuse(msg, RequestError(f"'row' must be a row number, not "
+                                           f"{msg.params.get('row')!r}"))
+            return
+        except (TableError, RequestError) as exc:
+            self._refuse(msg, exc)
+            return
+        ra, dec = float(pos.ra[row]), float(pos.dec[row])
+        log.info("%s from %s: row %d of '%s' at %.5f %+.5f", msg.mtype, msg.sender_name, row,
+                 entry.name, ra, dec)
+        if self.echo.is_echo(ra, dec):
+            msg.reply_ok({"ignored": "echo"})
+            return
+        self.coalescer.submit((ra, dec, msg.sender_name))
+        msg.reply_ok({"accepted": "1"})
+
+    def _on_select(self, msg: Message) -> None:
+        entry = self._known(msg)
+        if entry is None:
+            self.stats["received"] += 1
+            return
+
+        def build() -> MatchJob:
+            raw = msg.params.get("row-list")
+            if not isinstance(raw, list) or not raw:
+                raise RequestError("'row-list' must be a non-empty list of row numbers")
+            try:
+                rows = tuple(int(str(r).strip()) for r in raw)
+            except ValueError:
+                raise RequestError("'row-list' must hold row numbers only") from None
+            return MatchJob(entry.url, entry.table_id, entry.name, rows, entry=entry)
+
+        self._query(msg, build, self._match)
 
     def _reply_pending(self, msg: Message) -> None:
         if msg.reply_ok({"status": "pending", "message": "The query is still running; its "
@@ -233,11 +382,25 @@ class Daemon:
             log.info("%s from %s: replied 'pending' after %.0f s", msg.mtype, msg.sender_name,
                      self.cfg["reply_within"])
 
-    def _run_and_deliver(self, msg: Message, run: Callable[[Any], Any], req: Any) -> None:
+    def _run_and_deliver(self, msg: Message, run: Callable[[Any], Any], req: Any,
+                         prepare: Callable[[Any], Any] | None = None) -> None:
+        timer = None
         try:
+            if prepare is not None:
+                req = prepare(req)
+            timer = self._arm_pending_timer(msg)
             res = run(req)
             self.stats["queries"] += 1
-            if isinstance(res, TableResult):
+            if isinstance(res, MatchResult):
+                sent = self._deliver_table(res, msg.sender_name)
+                log.info("%s: %d input rows, %d without a position, %d without a match "
+                         "(%s strategy)", res.name, res.input_rows, res.no_position,
+                         res.unmatched, res.strategy)
+                msg.reply_ok({"status": "done", "url": res.url, "table-id": res.table_id,
+                              "name": res.name, "rows": res.rows, "input-rows": res.input_rows,
+                              "no-position": res.no_position, "unmatched": res.unmatched,
+                              "strategy": res.strategy, "sent-to": sent})
+            elif isinstance(res, TableResult):
                 sent = self._deliver_table(res, msg.sender_name)
                 msg.reply_ok({"status": "done", "url": res.url, "table-id": res.table_id,
                               "name": res.name, "rows": res.rows, "overflow": res.overflow,
@@ -253,9 +416,13 @@ class Daemon:
                                   "urls": urls, "rows": len(urls), "sent-to": sent})
         except (CSCError, RequestError) as exc:
             self._refuse(msg, exc)
+        except OSError as exc:
+            self._refuse(msg, RequestError(f"file error: {exc}"))
         except Exception as exc:  # noqa: BLE001 - the worker must always reply
             log.exception("%s from %s failed", msg.mtype, msg.sender_name)
             self._refuse(msg, exc)
         finally:
+            if timer is not None:
+                timer.cancel()
             with self._pending_lock:
                 self._pending.discard(msg)

@@ -7,6 +7,7 @@ both call :class:`Engine`; whatever they send onwards comes from the results it 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 import time
@@ -14,17 +15,45 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from astropy.table import Table
+
 from .config import Config
 from .csc import http
 from .csc.adql import cone_query
 from .csc.cone import ConeService
+from .csc.errors import CSCError
 from .csc.siap import ImageInfo, SiapService, safe_name
 from .csc.tap import TapClient
+from .match import best_only, join, match_by_cones, match_by_upload
 from .model import ConeRequest, SiapRequest, TapRequest
+from .tables import TableError, positions
 
-__all__ = ["TableResult", "ImageResult", "Engine", "ensure_private_dir", "cone_title"]
+__all__ = ["TableResult", "MatchResult", "ImageResult", "Engine", "ensure_private_dir",
+           "cone_title"]
 
 _counter = itertools.count(1)
+log = logging.getLogger(__name__)
+
+
+def _write_votable(table: Table, dest: Path, name: str) -> None:
+    """Write ``table`` as a VOTable atomically (temporary name, then rename)."""
+    import warnings
+
+    part = dest.with_name(dest.name + ".part")
+    out = table.copy(copy_data=False)
+    out.meta = {k: v for k, v in out.meta.items() if isinstance(v, str)}
+    out.meta["name"] = name
+    for col in out.itercols():
+        if col.dtype.kind == "O":
+            out[col.name] = col.astype(str)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out.write(part, format="votable", overwrite=True)
+        os.replace(part, dest)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def ensure_private_dir(path: Path) -> Path:
@@ -67,6 +96,16 @@ class TableResult:
     def url(self) -> str:
         """The ``file://`` URL of the result."""
         return self.path.resolve().as_uri()
+
+
+@dataclass
+class MatchResult(TableResult):
+    """A match table, with the counts a person wants to see."""
+
+    input_rows: int = 0
+    no_position: int = 0
+    unmatched: int = 0
+    strategy: str = ""
 
 
 @dataclass
@@ -144,6 +183,67 @@ class Engine:
         what = f"TAP {self.cfg['tap.mode']} '{short[:60]}{'...' if len(short) > 60 else ''}'"
         return TableResult(dest, _new_id("tap"), name, res.rows, res.seconds, what,
                            res.overflow, res.url)
+
+    def match_strategy(self) -> str:
+        """Return ``upload`` or ``cone``: configured, or from the TAP service's capabilities."""
+        configured = self.cfg["match.strategy"]
+        if configured != "auto":
+            return configured
+        try:
+            caps = self.tap.capabilities()
+        except CSCError as exc:
+            log.warning("cannot read TAP capabilities (%s); matching by cone searches", exc)
+            return "cone"
+        return "upload" if caps.upload and caps.geometry else "cone"
+
+    def run_match(self, table: Table, name: str, *, rows: np.ndarray | None = None,
+                  radius_arcsec: float | None = None, mode: str | None = None,
+                  dest: Path | None = None) -> MatchResult:
+        """Match a table's rows (or the ``rows`` subset) against the CSC and write the result.
+
+        Raises
+        ------
+        TableError
+            When the table has no position columns or no usable position.
+        CSCError
+            When the service fails.
+        """
+        t0 = time.perf_counter()
+        pos = positions(table)
+        selected = np.zeros(len(table), dtype=bool)
+        if rows is None:
+            selected[:] = True
+        else:
+            selected[rows] = True
+        valid = pos.valid & selected
+        n_in = int(selected.sum())
+        no_pos = int((selected & ~pos.valid).sum())
+        if not valid.any():
+            raise TableError(f"none of the {n_in} rows has a usable position in "
+                             f"{pos.ra_col}/{pos.dec_col} (NaN, empty or out of range)")
+        radius = (radius_arcsec or self.cfg["match.radius"]) / 3600.0
+        strategy = self.match_strategy()
+        cols = self.cfg["match.columns"]
+        if strategy == "upload":
+            m = match_by_upload(self.tap, pos.ra, pos.dec, valid, radius, cols,
+                                self.cfg["tap.table"])
+        else:
+            m = match_by_cones(self.cone, pos.ra, pos.dec, valid, radius, cols,
+                               verb=self.cfg["match.verb"],
+                               parallelism=self.cfg["match.parallelism"],
+                               cell=self.cfg["match.batch_cell"])
+        if (mode or self.cfg["match.mode"]) == "best":
+            m = best_only(m)
+        out = join(table, m)
+        matched_rows = len(set(m.idx.tolist()))
+        title = f"{name} \u00d7 CSC {self.cfg['release']}"
+        dest = dest or self._dest("match_" + name)
+        _write_votable(out, dest, title)
+        what = (f"match of {n_in} rows ({strategy}, r={radius * 3600:g}\", "
+                f"{mode or self.cfg['match.mode']})")
+        return MatchResult(dest, _new_id("match"), title, len(out), time.perf_counter() - t0,
+                           what, False, "", input_rows=n_in, no_position=no_pos,
+                           unmatched=n_in - no_pos - matched_rows, strategy=strategy)
 
     def close(self) -> None:
         """Close HTTP connections."""

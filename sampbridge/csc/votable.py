@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -43,8 +44,8 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def summarize(path: Path) -> VOTableSummary:
-    """Scan ``path`` as a stream and return its :class:`VOTableSummary`.
+def summarize(path: Path | bytes) -> VOTableSummary:
+    """Scan ``path`` (a file, or a body held in memory) and return its :class:`VOTableSummary`.
 
     TABLEDATA rows are counted as they stream past; BINARY and BINARY2 streams are
     counted by decoding one column with astropy.
@@ -54,8 +55,9 @@ def summarize(path: Path) -> VOTableSummary:
     ServiceError
         If the file is not a VOTable (an HTML error page, a truncated body...).
     """
-    if path.stat().st_size == 0:
+    if (len(path) if isinstance(path, bytes) else path.stat().st_size) == 0:
         raise ServiceError("the service sent an empty body, not a VOTable")
+    source = io.BytesIO(path) if isinstance(path, bytes) else str(path)
     status, message, rows = "OK", "", 0
     columns: list[str] = []
     in_table = 0
@@ -63,7 +65,7 @@ def summarize(path: Path) -> VOTableSummary:
     tables = 0
     root_seen = False
     try:
-        for event, elem in ET.iterparse(str(path), events=("start", "end")):
+        for event, elem in ET.iterparse(source, events=("start", "end")):
             tag = _local(elem.tag)
             if event == "start":
                 if not root_seen:
@@ -105,18 +107,19 @@ def summarize(path: Path) -> VOTableSummary:
     return VOTableSummary(status, message, rows, columns)
 
 
-def _count_binary(path: Path) -> int:
+def _count_binary(path: Path | bytes) -> int:
     from astropy.io.votable import parse
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        vot = parse(str(path), columns=[0], verify="ignore")
+        src = io.BytesIO(path) if isinstance(path, bytes) else str(path)
+        vot = parse(src, columns=[0], verify="ignore")
     for resource in vot.iter_tables():
         return len(resource.array)
     return 0
 
 
-def check_result(path: Path, url: str | None = None, what: str = "query") -> VOTableSummary:
+def check_result(path: Path | bytes, url: str | None = None, what: str = "query") -> VOTableSummary:
     """Summarize a result file and raise :class:`QueryError` if the service reported an error."""
     try:
         summary = summarize(path)
