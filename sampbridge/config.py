@@ -189,6 +189,22 @@ SETTINGS: tuple[Setting, ...] = (
              "sat_src_flag", "flux_aper_b", "flux_aper_lolim_b", "flux_aper_hilim_b",
              "flux_aper_w", "flux_aper_lolim_w", "flux_aper_hilim_w", "hard_hm", "hard_ms"],
             list, "CSC master_source columns added to each matched row (suffix _csc).", _names),
+    Setting("folder.enabled", True, bool, "Watch a folder of query files (see docs/folder.md)."),
+    Setting("folder.dir", "~/sampbridge/queries", str,
+            "The watched folder; done/, failed/ and status.log are kept inside it."),
+    Setting("folder.settle", 0.5, _F,
+            "Seconds a file's size and time must stay unchanged (after its writer closed it) "
+            "before it is run.", _range(0.0, 600.0)),
+    Setting("folder.settle_max", 60.0, _F,
+            "Seconds after which a quiet file is run even if no close was seen.",
+            _range(0.1, 86400.0)),
+    Setting("folder.workers", 2, int, "Query files run at once.", _range(1, 32)),
+    Setting("folder.scan_interval", 2.0, _F,
+            "Seconds between rescans of the folder, a safety net under the watcher.",
+            _range(0.1, 3600.0)),
+    Setting("hub.backlog", 100, int,
+            "Results kept for delivery while no hub is up (oldest dropped beyond this).",
+            _range(0, 100000)),
     Setting("reply_within", 15.0, _F,
             "Seconds a custom-MType call may wait for its result before it gets an early "
             "'pending' reply (TOPCAT gives up after 20 s).", _range(0.1, 3600)),
@@ -340,7 +356,12 @@ def default_yaml() -> str:
              "# Generated from sampbridge/config.py SETTINGS (see docs/configuration.md).",
              "# Keep only the keys you change; unknown keys are rejected with file and line.", ""]
     section = None
+    order: dict[str, int] = {}
     for s in SETTINGS:
+        order.setdefault(s.key.split(".")[0] if "." in s.key else s.key, len(order))
+    grouped = sorted(SETTINGS, key=lambda s: order[s.key.split(".")[0] if "." in s.key
+                                                   else s.key])
+    for s in grouped:
         head, _, tail = s.key.partition(".")
         if tail and head != section:
             lines += ["", f"{head}:"]

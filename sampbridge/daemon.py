@@ -7,7 +7,9 @@ side (:mod:`sampbridge.engine`).
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -19,6 +21,7 @@ from .config import Config
 from .csc.errors import CSCError
 from .engine import Engine, ImageResult, MatchResult, TableResult
 from .flow import Coalescer, EchoGuard
+from .folder import FileOutcome, QueryFolder
 from .model import ConeRequest, RequestError, SiapRequest, TapRequest, parse_position
 from .samp.connection import HubConnection, Message
 from .tables import KnownTable, KnownTables, TableError, fetch_table
@@ -108,7 +111,18 @@ class Daemon:
             handlers["coord.pointAt.sky"] = self._on_point_at
         self.conn = HubConnection("sampbridge", DESCRIPTION, __version__, handlers,
                                   mode=cfg["hub.mode"], ping_interval=cfg["hub.ping_interval"],
-                                  call_timeout=cfg["hub.call_timeout"])
+                                  call_timeout=cfg["hub.call_timeout"],
+                                  on_connect=self._flush_backlog)
+        self._backlog: deque[tuple[TableResult | ImageResult, list[str] | None, str]] = \
+            deque(maxlen=cfg["hub.backlog"] or None)
+        self._backlog_lock = threading.Lock()
+        self.folder: QueryFolder | None = None
+        if cfg["folder.enabled"]:
+            self.folder = QueryFolder(
+                Path(os.path.expandvars(cfg["folder.dir"])).expanduser(), self.engine,
+                self._deliver_file, settle=cfg["folder.settle"],
+                settle_max=cfg["folder.settle_max"], workers=cfg["folder.workers"],
+                scan_interval=cfg["folder.scan_interval"], cancel=self.cancel)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self, wait: float = 0.0) -> None:
@@ -117,6 +131,8 @@ class Daemon:
                  self.cfg["services.cone"], self.cfg["services.siap"], self.cfg["services.tap"],
                  self.engine.results_dir)
         self.conn.start(wait=wait)
+        if self.folder is not None:
+            self.folder.start()
         if not self.conn.connected:
             log.info("no SAMP hub yet (hub.mode=%s); waiting for one", self.cfg["hub.mode"])
 
@@ -124,6 +140,8 @@ class Daemon:
         """Stop cleanly: cancel running TAP jobs, answer pending calls, unregister."""
         log.info("stopping")
         self.cancel.set()
+        if self.folder is not None:
+            self.folder.stop()
         self.coalescer.stop()
         self.executor.shutdown(wait=True, cancel_futures=True)
         with self._pending_lock:
@@ -184,10 +202,50 @@ class Daemon:
             self._deliver_images(img, sender)
 
     # -- delivery -----------------------------------------------------------------------
-    def _deliver_table(self, res: TableResult, origin: str) -> list[str]:
+    def _keep_for_later(self, res: TableResult | ImageResult, patterns: list[str] | None,
+                        origin: str) -> bool:
+        """Queue a result while no hub is up; True if it was queued."""
+        if self.conn.connected or not self.cfg["hub.backlog"]:
+            return False
+        with self._backlog_lock:
+            if len(self._backlog) == self._backlog.maxlen:
+                log.warning("delivery backlog full: dropping the oldest result (its file stays)")
+            self._backlog.append((res, patterns, origin))
+        log.info("no SAMP hub: %s kept for delivery after the reconnect (%d waiting)",
+                 res.what, len(self._backlog))
+        return True
+
+    def _flush_backlog(self) -> None:
+        with self._backlog_lock:
+            items = list(self._backlog)
+            self._backlog.clear()
+        if items:
+            log.info("hub is back: delivering %d results kept meanwhile", len(items))
+        for res, patterns, origin in items:
+            try:
+                if isinstance(res, TableResult):
+                    self._deliver_table(res, origin, patterns)
+                else:
+                    self._deliver_images(res, origin, patterns)
+            except Exception:  # noqa: BLE001
+                log.exception("delivering a kept result failed")
+
+    def _deliver_file(self, outcome: FileOutcome) -> None:
+        origin = f"file {outcome.query.name}"
+        for res, patterns in zip(outcome.results, outcome.send_to, strict=True):
+            if isinstance(res, TableResult):
+                self._deliver_table(res, origin, patterns)
+            else:
+                self._deliver_images(res, origin, patterns)
+
+    def _deliver_table(self, res: TableResult, origin: str,
+                       patterns: list[str] | None = None) -> list[str]:
         params = {"url": res.url, "table-id": res.table_id, "name": res.name}
         self.known.put(KnownTable(res.table_id, res.url, res.path, res.name))
-        outcomes = self.conn.send("table.load.votable", params, self.cfg["send_tables_to"])
+        if self._keep_for_later(res, patterns, origin):
+            return []
+        outcomes = self.conn.send("table.load.votable", params,
+                                  patterns or self.cfg["send_tables_to"])
         sent = [d.client_name for d in outcomes if d.ok]
         for d in outcomes:
             if not d.ok:
@@ -198,14 +256,18 @@ class Daemon:
                  ", ".join(sent) or f"nobody (kept at {res.path})")
         return sent
 
-    def _deliver_images(self, res: ImageResult, origin: str) -> list[str]:
+    def _deliver_images(self, res: ImageResult, origin: str,
+                        patterns: list[str] | None = None) -> list[str]:
         sent: list[str] = []
+        if self._keep_for_later(res, patterns, origin):
+            return sent
         for skipped in res.skipped:
             log.warning("image skipped: %s", skipped)
         for img in res.images:
             params = {"url": img.path.resolve().as_uri(), "image-id": f"sampbridge-img-"
                       f"{img.path.stem}", "name": img.title or img.path.name}
-            outcomes = self.conn.send("image.load.fits", params, self.cfg["send_images_to"])
+            outcomes = self.conn.send("image.load.fits", params,
+                                      patterns or self.cfg["send_images_to"])
             for d in outcomes:
                 if not d.ok:
                     log.warning("image.load.fits to %s failed: %s", d.client_name, d.error)

@@ -161,10 +161,11 @@ class Engine:
                            res.summary.overflow, res.url)
 
     def run_siap(self, req: SiapRequest, dest_dir: Path | None = None,
-                 count: int | None = None) -> ImageResult:
+                 count: int | None = None, prefix: str | None = None) -> ImageResult:
         """Find images at a position and download the chosen ones (streamed, capped)."""
         dest_dir = ensure_private_dir(dest_dir) if dest_dir else self.results_dir
-        prefix = "" if dest_dir != self.results_dir else f"img_{uuid.uuid4().hex[:6]}_"
+        if prefix is None:
+            prefix = "" if dest_dir != self.results_dir else f"img_{uuid.uuid4().hex[:6]}_"
         res = self.siap.query_to_dir(
             req.ra, req.dec, req.size, dest_dir, fmt=self.cfg["images.format"],
             count=self.cfg["images.max_count"] if count is None else count,

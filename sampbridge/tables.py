@@ -112,8 +112,11 @@ def fetch_table(url: str, dest_dir: Path, session, *, max_bytes: int,
 def read_table(path: Path, max_rows: int) -> Table:
     """Read a VOTable, FITS or CSV table; refuse empty or over-long ones."""
     fmt = _FORMATS.get(path.suffix.lower())
-    with open(path, "rb") as fh:
-        head = fh.read(512)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError as exc:
+        raise TableError(f"cannot read the table file {path}: {exc.strerror}") from None
     if head.startswith(b"SIMPLE  ="):
         fmt = "fits"
     elif b"<VOTABLE" in head or head.lstrip().startswith(b"<?xml"):

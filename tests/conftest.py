@@ -19,6 +19,7 @@ psamp.conf.use_internet = False
 VO_BASE = os.environ.get("SAMPBRIDGE_TEST_VO", "http://127.0.0.1:18080")
 HERE = Path(__file__).parent
 DATA = HERE / "data"
+GUIDE_DIR = DATA / "cxc_guide"
 
 
 def need(ok: bool, why: str, install: str) -> None:
@@ -74,6 +75,8 @@ def local_config(base: str, results: Path, **changes: object) -> Config:
         "hub.call_timeout": 10.0,
         "pointat.quiet": 0.1,
         "pointat.max_wait": 1.0,
+        "folder.enabled": False,
+        "folder.dir": str(results / "queries"),
     })
     return cfg.replace(**changes) if changes else cfg
 
