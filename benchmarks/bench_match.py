@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 
 from astropy.table import Table
-
 from common import CONE, STILTS, TAP, config, positions, report, run, timed
 
 

@@ -130,6 +130,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("results.dir", "", str,
             "Folder for result files (created private, 0700). Empty: "
             "$XDG_DATA_HOME/sampbridge/results."),
+    Setting("cache.enabled", True, bool,
+            "Answer a repeated cone or TAP query from the on-disk cache (results.dir/cache)."),
+    Setting("cache.ttl", 3600.0, _F, "Seconds a cached result stays valid.", _positive),
+    Setting("cache.precision", 1.0, _F,
+            "Arcsec: cone positions closer than this share a cache entry.", _range(0.0, 3600.0)),
     Setting("results.max_bytes", 500_000_000, int,
             "Size cap for one downloaded table result, in bytes.", _positive),
     Setting("send_tables_to", ["topcat"], list,

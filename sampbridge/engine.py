@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from .cache import ResultCache, cone_key, tap_key
 from .config import Config
 from .csc import http
 from .csc.adql import cone_query
@@ -139,6 +140,10 @@ class Engine:
         self.tap = TapClient(cfg["services.tap"], self.session, cfg["results.max_bytes"],
                              cfg["tap.job_timeout"])
         self.results_dir = ensure_private_dir(cfg.results_dir)
+        self.cache = (ResultCache(self.results_dir / "cache", cfg["cache.ttl"])
+                      if cfg["cache.enabled"] else None)
+        if self.cache is not None:
+            self.cache.prune()
 
     def _dest(self, stem: str, suffix: str = ".vot") -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -148,6 +153,36 @@ class Engine:
         """Run a cone search (SCS, or an ADQL cone when ``cone.service`` is ``tap``)."""
         name = cone_title(self.cfg["release"], req.ra, req.dec, req.radius)
         dest = dest or self._dest(f"cone_{req.ra:.5f}_{req.dec:+.5f}_r{req.radius * 3600:.0f}as")
+        key = cone_key(self.cfg["services.tap"] if self.cfg["cone.service"] == "tap"
+                       else self.cfg["services.cone"], req.ra, req.dec, req.radius, req.verb,
+                       self.cfg["cache.precision"])
+        hit = self._from_cache(key, dest, _new_id("cone"), name)
+        if hit is not None:
+            return hit
+        res = self._run_cone(req, dest, name)
+        self._to_cache(key, res)
+        return res
+
+    def _from_cache(self, key: str, dest: Path, table_id: str, name: str
+                    ) -> TableResult | None:
+        if self.cache is None:
+            return None
+        t0 = time.perf_counter()
+        hit = self.cache.get(key)
+        if hit is None:
+            return None
+        self.cache.materialize(hit, dest)
+        m = hit.meta
+        return TableResult(dest, table_id, name, int(m.get("rows", 0)),
+                           time.perf_counter() - t0, f"{m.get('what', 'query')} (cached)",
+                           bool(m.get("overflow")), str(m.get("service_url", "")))
+
+    def _to_cache(self, key: str, res: TableResult) -> None:
+        if self.cache is not None:
+            self.cache.put(key, res.path, rows=res.rows, what=res.what, overflow=res.overflow,
+                           service_url=res.service_url)
+
+    def _run_cone(self, req: ConeRequest, dest: Path, name: str) -> TableResult:
         if self.cfg["cone.service"] == "tap":
             dialect = self.tap.dialect(self.cfg["tap.dialect"])
             adql = cone_query(self.cfg["tap.table"], req.ra, req.dec, req.radius, dialect)
@@ -178,12 +213,18 @@ class Engine:
         """Run a user's ADQL as given (sync or async per ``tap.mode``)."""
         name = req.name or f"CSC {self.cfg['release']} TAP query"
         dest = dest or self._dest("tap_" + (req.name or "query"))
+        key = tap_key(self.cfg["services.tap"], req.adql, req.maxrec, self.cfg["tap.mode"])
+        hit = self._from_cache(key, dest, _new_id("tap"), name)
+        if hit is not None:
+            return hit
         res = self.tap.query_to_file(req.adql, dest, req.maxrec, mode=self.cfg["tap.mode"],
                                      cancel=cancel, on_job=on_job)
         short = " ".join(req.adql.split())
         what = f"TAP {self.cfg['tap.mode']} '{short[:60]}{'...' if len(short) > 60 else ''}'"
-        return TableResult(dest, _new_id("tap"), name, res.rows, res.seconds, what,
-                           res.overflow, res.url)
+        out = TableResult(dest, _new_id("tap"), name, res.rows, res.seconds, what,
+                          res.overflow, res.url)
+        self._to_cache(key, out)
+        return out
 
     def match_strategy(self) -> str:
         """Return ``upload`` or ``cone``: configured, or from the TAP service's capabilities."""
