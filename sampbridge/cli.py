@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -98,11 +99,21 @@ def _run(cfg_path: str | None) -> int:
     daemon = Daemon(cfg)
     try:
         daemon.start()
-        stop.wait()
+        while not stop.wait(1.0):
+            pass
     finally:
         daemon.stop()
         for s, h in old.items():
             signal.signal(s, h)
+    stuck = [t.name for t in threading.enumerate()
+             if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    if stuck:
+        # a request still blocked in the network: its result file was removed and its
+        # caller answered, so leave now rather than wait for the read timeout
+        log.info("exiting with %d worker threads still blocked (%s)", len(stuck),
+                 ", ".join(stuck[:4]))
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -94,6 +95,7 @@ class Daemon:
         self.known = KnownTables(cfg["tables.cache_size"])
         self.incoming = self.engine.results_dir / "incoming"
         self._pending: set[Message] = set()
+        self._active = 0
         self._pending_lock = threading.Lock()
         self.stats = {"received": 0, "queries": 0, "delivered": 0, "errors": 0, "echoes": 0}
         handlers: dict[str, Callable[[Message], None]] = {
@@ -136,14 +138,24 @@ class Daemon:
         if not self.conn.connected:
             log.info("no SAMP hub yet (hub.mode=%s); waiting for one", self.cfg["hub.mode"])
 
-    def stop(self) -> None:
-        """Stop cleanly: cancel running TAP jobs, answer pending calls, unregister."""
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop cleanly within about ``grace`` seconds.
+
+        Running async TAP jobs are cancelled (and deleted on the server), the folder's unfinished
+        files stay journaled for the next start, every pending call gets a reply, partial
+        result files are removed, and the client unregisters from the hub.
+        """
         log.info("stopping")
         self.cancel.set()
         if self.folder is not None:
-            self.folder.stop()
-        self.coalescer.stop()
-        self.executor.shutdown(wait=True, cancel_futures=True)
+            self.folder.stop(grace)
+        self.coalescer.stop(grace)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + grace
+        while self._active and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self._active:
+            log.warning("stopping with %d queries still running", self._active)
         with self._pending_lock:
             pending = list(self._pending)
         for msg in pending:
@@ -151,6 +163,8 @@ class Daemon:
                             "once sampbridge runs")
         self.conn.stop()
         self.engine.close()
+        for part in self.engine.results_dir.glob("**/*.part"):
+            part.unlink(missing_ok=True)
         log.info("stopped (%s)", ", ".join(f"{k} {v}" for k, v in self.stats.items()))
 
     # -- pointAt ------------------------------------------------------------------------
@@ -176,8 +190,8 @@ class Daemon:
         req = ConeRequest(ra, dec, self.cfg["cone.radius"], self.cfg["cone.verb"])
         images: Future | None = None
         if self.cfg["images.enabled"] and self.cfg["images.max_count"] > 0:
-            images = self.executor.submit(self.engine.run_siap,
-                                          SiapRequest(ra, dec, self.cfg["images.size"]))
+            images = self._submit(self.engine.run_siap,
+                                  SiapRequest(ra, dec, self.cfg["images.size"]))
         try:
             table = self.engine.run_cone(req)
         except CSCError as exc:
@@ -314,7 +328,25 @@ class Daemon:
             msg.defer()
             with self._pending_lock:
                 self._pending.add(msg)
-        self.executor.submit(self._run_and_deliver, msg, run, req, prepare)
+        self._submit(self._run_and_deliver, msg, run, req, prepare)
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future | None:
+        """Run ``fn`` on the worker pool, counting it while it runs."""
+        def counted() -> Any:
+            with self._pending_lock:
+                self._active += 1
+            try:
+                return fn(*args)
+            finally:
+                with self._pending_lock:
+                    self._active -= 1
+        try:
+            return self.executor.submit(counted)
+        except RuntimeError:            # shutting down
+            msg = next((a for a in args if isinstance(a, Message)), None)
+            if msg is not None:
+                msg.reply_error("sampbridge is stopping; send the request again once it runs")
+            return None
 
     def _arm_pending_timer(self, msg: Message) -> threading.Timer | None:
         if not msg.is_call:

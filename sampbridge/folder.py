@@ -193,15 +193,30 @@ class QueryFolder:
         self._checker.start()
         log.info("watching %s for query files (done/, failed/, status.log)", self.folder)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop watching; running files finish (or, if cancelled, stay for the next start)."""
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop watching; wait up to ``grace`` s for running files.
+
+        Files not finished by then stay in the folder with their journal entry and run again
+        at the next start; queued files simply stay.
+        """
         self._stop.set()
         if self._observer is not None:
             self._observer.stop()
-            self._observer.join(timeout)
+            self._observer.join(5)
         if self._checker is not None:
-            self._checker.join(timeout)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+            self._checker.join(5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._inflight:
+                    break
+            time.sleep(0.02)
+        with self._lock:
+            left = sorted(p.name for p in self._inflight)
+        if left:
+            log.warning("stopping with %d query files unfinished (%s); they run again at the "
+                        "next start", len(left), ", ".join(left[:5]))
         if getattr(self, "journal", None) is not None:
             self.journal.compact()
 
