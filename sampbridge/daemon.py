@@ -83,6 +83,9 @@ class Daemon:
         Validated configuration.
     """
 
+    #: seconds a result kept during a hub outage waits for a recipient after the reconnect
+    BACKLOG_WAIT = 600.0
+
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.engine = Engine(cfg)
@@ -114,9 +117,10 @@ class Daemon:
         self.conn = HubConnection("sampbridge", DESCRIPTION, __version__, handlers,
                                   mode=cfg["hub.mode"], ping_interval=cfg["hub.ping_interval"],
                                   call_timeout=cfg["hub.call_timeout"],
-                                  on_connect=self._flush_backlog)
-        self._backlog: deque[tuple[TableResult | ImageResult, list[str] | None, str]] = \
-            deque(maxlen=cfg["hub.backlog"] or None)
+                                  on_connect=self._flush_backlog,
+                                  on_subscriptions=self._flush_backlog)
+        self._backlog: deque[tuple[TableResult | ImageResult, list[str] | None, str, float]] \
+            = deque(maxlen=cfg["hub.backlog"] or None)
         self._backlog_lock = threading.Lock()
         self.folder: QueryFolder | None = None
         if cfg["folder.enabled"]:
@@ -224,25 +228,45 @@ class Daemon:
         with self._backlog_lock:
             if len(self._backlog) == self._backlog.maxlen:
                 log.warning("delivery backlog full: dropping the oldest result (its file stays)")
-            self._backlog.append((res, patterns, origin))
+            self._backlog.append((res, patterns, origin, time.monotonic()))
         log.info("no SAMP hub: %s kept for delivery after the reconnect (%d waiting)",
                  res.what, len(self._backlog))
         return True
 
     def _flush_backlog(self) -> None:
+        """Deliver results kept while no hub was up, once someone can take them.
+
+        Called on every (re)registration and whenever a client declares subscriptions (TOPCAT
+        may join the new hub after sampbridge). A result with no recipient yet stays queued
+        for up to ``BACKLOG_WAIT`` seconds after the reconnect.
+        """
+        if not self.conn.connected:
+            return
         with self._backlog_lock:
             items = list(self._backlog)
             self._backlog.clear()
         if items:
-            log.info("hub is back: delivering %d results kept meanwhile", len(items))
-        for res, patterns, origin in items:
+            log.info("hub is up: delivering %d results kept meanwhile", len(items))
+        keep = []
+        for item in items:
+            res, patterns, origin, since = item
+            is_table = isinstance(res, TableResult)
+            mtype = "table.load.votable" if is_table else "image.load.fits"
+            default = self.cfg["send_tables_to"] if is_table else self.cfg["send_images_to"]
+            if not self.conn.targets(mtype, patterns or default):
+                if time.monotonic() - since < self.BACKLOG_WAIT:
+                    keep.append(item)
+                continue
             try:
-                if isinstance(res, TableResult):
+                if is_table:
                     self._deliver_table(res, origin, patterns)
                 else:
                     self._deliver_images(res, origin, patterns)
             except Exception:  # noqa: BLE001
                 log.exception("delivering a kept result failed")
+        if keep:
+            with self._backlog_lock:
+                self._backlog.extendleft(reversed(keep))
 
     def _deliver_file(self, outcome: FileOutcome) -> None:
         origin = f"file {outcome.query.name}"
@@ -260,6 +284,9 @@ class Daemon:
             return []
         outcomes = self.conn.send("table.load.votable", params,
                                   patterns or self.cfg["send_tables_to"])
+        if not outcomes and not self.conn.check_alive():
+            self._keep_for_later(res, patterns, origin)
+            return []
         sent = [d.client_name for d in outcomes if d.ok]
         for d in outcomes:
             if not d.ok:
@@ -282,6 +309,9 @@ class Daemon:
                       f"{img.path.stem}", "name": img.title or img.path.name}
             outcomes = self.conn.send("image.load.fits", params,
                                       patterns or self.cfg["send_images_to"])
+            if not outcomes and not self.conn.check_alive():
+                self._keep_for_later(res, patterns, origin)
+                return sent
             for d in outcomes:
                 if not d.ok:
                     log.warning("image.load.fits to %s failed: %s", d.client_name, d.error)

@@ -195,12 +195,15 @@ class HubConnection:
         Seconds a call waits for a peer's reply.
     on_connect : callable, optional
         Called (on the monitor thread) after every (re)registration.
+    on_subscriptions : callable, optional
+        Called (on a thread of its own) when another client declares its subscriptions.
     """
 
     def __init__(self, name: str, description: str, version: str,
                  handlers: dict[str, Handler], mode: str = "auto",
                  ping_interval: float = 2.0, call_timeout: float = 20.0,
-                 on_connect: Callable[[], None] | None = None) -> None:
+                 on_connect: Callable[[], None] | None = None,
+                 on_subscriptions: Callable[[], None] | None = None) -> None:
         self.metadata = {"samp.name": name, "samp.description.text": description,
                          "sampbridge.version": version, "author.name": "sampbridge"}
         self.handlers = dict(handlers)
@@ -208,6 +211,7 @@ class HubConnection:
         self.ping_interval = ping_interval
         self.call_timeout = call_timeout
         self.on_connect = on_connect
+        self.on_subscriptions = on_subscriptions
         self._client: psamp.SAMPIntegratedClient | None = None
         self._hub: psamp.SAMPHubServer | None = None
         self._lock = threading.RLock()
@@ -328,7 +332,13 @@ class HubConnection:
         hs["samp.hub.disconnect"] = self._on_hub_gone
         hs["samp.hub.event.unregister"] = self._on_unregister
         hs["samp.hub.event.metadata"] = self._on_unregister
+        hs["samp.hub.event.subscriptions"] = self._on_subscriptions
         return hs
+
+    def _on_subscriptions(self, msg: Message) -> None:
+        if self.on_subscriptions is not None and msg.params.get("id") != self.self_id:
+            threading.Thread(target=self.on_subscriptions, name="samp-subs",
+                             daemon=True).start()
 
     def _on_hub_gone(self, msg: Message) -> None:
         log.warning("the SAMP hub said %s; will reconnect", msg.mtype)
@@ -368,6 +378,15 @@ class HubConnection:
                 self._try_connect()
             self._stop.wait(self.ping_interval if self.connected else
                             min(self.ping_interval, 0.5))
+
+    def check_alive(self) -> bool:
+        """Ping the hub now; on failure, mark the connection lost (the monitor reconnects)."""
+        if self.connected and self._ping():
+            return True
+        if self.connected:
+            self._lost.set()
+        self.connected_event.clear()
+        return False
 
     def _ping(self) -> bool:
         c = self._client
