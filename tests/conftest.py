@@ -117,7 +117,9 @@ class RecordingPeer:
         self.lock = threading.Lock()
         self.fail = fail
         self.client = psamp.SAMPIntegratedClient(name=name, addr="127.0.0.1")
-        self.client.connect()
+        # pyvo's default pool of 20 hub connections would let 20+ blocked call_and_wait
+        # threads starve this client's own replies
+        self.client.connect(pool_size=100)
         for mt in mtypes:
             self.client.bind_receive_call(mt, self._on_call, declare=False)
             self.client.bind_receive_notification(mt, self._on_notify, declare=False)

@@ -290,7 +290,8 @@ class HubConnection:
                                                 metadata=dict(self.metadata), addr="127.0.0.1")
             client.hub = _TimeoutHubProxy(timeout=self.call_timeout + 10.0)
             try:
-                client.connect()
+                # each blocked call_and_wait holds one hub connection: keep enough for replies
+                client.connect(pool_size=64)
             except Exception as exc:  # noqa: BLE001 - no hub yet is normal; try again later
                 log.debug("SAMP connect failed: %s", exc)
                 try:
