@@ -382,6 +382,8 @@ class QueryFolder:
                     table = read_table(req.table, self.cfg["tables.max_rows"])
                     res = self.engine.run_match(table, fr.name or req.name, dest=dest,
                                                 radius_arcsec=req.radius, mode=req.mode)
+            except Cancelled:
+                raise
             except (RequestError, CSCError) as exc:
                 where = f"request {i} ({fr.kind})" if len(requests) > 1 else fr.kind
                 kept = f"; results of requests 1-{i - 1} are in done/" if i > 1 else ""

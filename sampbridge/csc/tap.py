@@ -192,7 +192,9 @@ class TapClient:
                 raise ServiceTimeout(f"TAP query: the job did not finish within "
                                      f"{self.job_timeout:g} s and was deleted", url=job.url)
             if cancel.wait(min(interval, deadline - now)):
-                raise Cancelled("TAP query cancelled; the job was deleted", url=job.url)
+                raise Cancelled("the TAP query was stopped before it finished (sampbridge is "
+                                "stopping) and its job was deleted on the server; send it "
+                                "again once sampbridge runs", url=job.url)
             interval = min(interval * 1.5, 2.0)
 
     def _delete(self, job: AsyncTAPJob) -> None:
