@@ -16,6 +16,7 @@ from urllib.request import url2pathname
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
+
 from conftest import local_config, wait_for
 from test_csc_server import GUIDE, direct_cone, names
 

@@ -12,6 +12,7 @@ import threading
 import urllib.request
 
 import pytest
+
 from conftest import VO_BASE, RecordingPeer, local_config, need, wait_for
 from faulty_server import FaultyServer
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 import threading
 import time
 
-from conftest import wait_for
-
 from sampbridge.flow import Coalescer, EchoGuard
+
+from conftest import wait_for
 
 
 def test_flood_is_coalesced_and_the_latest_wins():

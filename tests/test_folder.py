@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.table import Table
-from conftest import GUIDE_DIR, local_config, wait_for
 
 from sampbridge.engine import Engine
 from sampbridge.folder import QueryFolder
+
+from conftest import GUIDE_DIR, local_config, wait_for
 
 pytestmark = pytest.mark.server
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from faulty_server import FaultyServer, wait_port_closed_url
 
 from sampbridge.csc.cone import ConeService
 from sampbridge.csc.errors import ResultTooLarge, ServiceError, ServiceTimeout, ServiceUnreachable
 from sampbridge.csc.http import USER_AGENT, make_session
+
+from faulty_server import FaultyServer, wait_port_closed_url
 
 
 @pytest.fixture

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from astropy.io.votable import parse_single_table
 from astropy.table import Table
-from conftest import wait_for
-from test_daemon_e2e import path_of
 
 from sampbridge.engine import Engine
 from sampbridge.model import TapRequest
+
+from conftest import wait_for
+from test_daemon_e2e import path_of
 
 pytestmark = pytest.mark.server
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import DATA
 
 from sampbridge.csc.errors import QueryError, ServiceError
 from sampbridge.csc.votable import check_result, summarize
+
+from conftest import DATA
 
 REC = DATA / "recorded"
 

@@ -320,6 +320,8 @@ class HubConnection:
             self.connected_event.set()
         log.info("registered with the SAMP hub as %s (%s)", client.get_public_id(),
                  client.hub.lockfile.get("samp.hub.xmlrpc.url", "?"))
+        log.debug("hub lockfile %s: %s", lockfile_path(), {
+            k: ("***" if "secret" in k else v) for k, v in client.hub.lockfile.items()})
         if self.on_connect:
             try:
                 self.on_connect()
