@@ -13,6 +13,7 @@ import pytest
 import pyvo.samp as psamp
 
 from sampbridge.config import Config, defaults
+from sampbridge.samp.hub import Hub
 
 psamp.conf.use_internet = False
 
@@ -100,7 +101,7 @@ def samp_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def hub(samp_home: Path) -> Iterator[psamp.SAMPHubServer]:
     """A pyvo.samp hub in this process on the private lockfile."""
-    h = psamp.SAMPHubServer(addr="127.0.0.1", web_profile=False, lockfile=str(samp_home / ".samp"),
+    h = Hub(addr="127.0.0.1", web_profile=False, lockfile=str(samp_home / ".samp"),
                             label="test")
     h.start(wait=False)
     wait_for(lambda: (samp_home / ".samp").exists(), what="hub lockfile")

@@ -237,22 +237,21 @@ def test_peer_that_refuses_a_table_is_logged_not_fatal(no_images, make_daemon, m
 
 
 def test_connect_mode_waits_for_a_late_hub(no_images, samp_home):
-    import pyvo.samp as psamp
-
     from sampbridge.daemon import Daemon
+    from sampbridge.samp.hub import Hub
 
     d = Daemon(no_images.replace(**{"hub.mode": "connect"}))
     d.start()
     try:
         assert not d.conn.connected and not d.conn.own_hub
-        hub = psamp.SAMPHubServer(addr="127.0.0.1", web_profile=False,
+        hub = Hub(addr="127.0.0.1", web_profile=False,
                                   lockfile=str(samp_home / ".samp"))
         hub.start(wait=False)
         try:
             wait_for(lambda: d.conn.connected, 10, what="registration with the late hub")
             hub.stop()
             wait_for(lambda: not d.conn.connected, 10, what="noticing the hub is gone")
-            hub = psamp.SAMPHubServer(addr="127.0.0.1", web_profile=False,
+            hub = Hub(addr="127.0.0.1", web_profile=False,
                                       lockfile=str(samp_home / ".samp"))
             hub.start(wait=False)
             wait_for(lambda: d.conn.connected and d.conn.connect_count == 2, 10,

@@ -24,6 +24,8 @@ from pyvo.samp.hub_proxy import SAMPHubProxy
 from pyvo.samp.lockfile_helpers import read_lockfile
 from pyvo.samp.utils import SAMPXXEServerProxy, ServerProxyPool
 
+from .hub import Hub
+
 __all__ = ["Message", "Delivery", "HubConnection", "HubUnavailable", "lockfile_path",
            "find_running_hub"]
 
@@ -242,7 +244,7 @@ class HubConnection:
 
     def _start_hub(self) -> None:
         lock = lockfile_path()
-        hub = psamp.SAMPHubServer(addr="127.0.0.1", web_profile=False, label="sampbridge",
+        hub = Hub(addr="127.0.0.1", web_profile=False, label="sampbridge",
                                   lockfile=str(lock))
         hub.start(wait=False)
         self._hub = hub

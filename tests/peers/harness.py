@@ -580,6 +580,22 @@ class TopcatGui:
         self._x("windowmove", win, str(x), str(y))
         time.sleep(0.3)
 
+    def resize(self, win: str, width: int, height: int) -> None:
+        """Resize ``win`` (works without a WM; Swing lays the window out again)."""
+        self._x("windowsize", win, str(width), str(height))
+        time.sleep(0.3)
+
+    def raise_window(self, win: str) -> None:
+        """Put ``win`` on top of the others (any X window, e.g. DS9's)."""
+        self._x("windowraise", win)
+        time.sleep(0.2)
+
+    def geometry(self, win: str) -> tuple[int, int, int, int]:
+        """(x, y, width, height) of ``win`` on the screen."""
+        out = self._x("getwindowgeometry", "--shell", win)
+        v = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        return int(v["X"]), int(v["Y"]), int(v["WIDTH"]), int(v["HEIGHT"])
+
     def broadcast_current_table(self) -> None:
         """Click *Broadcast table*: TOPCAT calls table.load.votable on all subscribers."""
         self.click(self.window("^TOPCAT$"), *self.BROADCAST)
@@ -967,9 +983,20 @@ class PeerStack:
         if self.is_running("hub"):
             self.kill_hub()
         self.start_hub(timeout)
-        result: dict[str, str] = {}
         if not reconnect_peers:
-            return result
+            return {}
+        return self.reconnect_peers(grace=grace, peer_timeout=peer_timeout)
+
+    def reconnect_peers(
+        self, *, grace: float = 5.0, peer_timeout: float = START_TIMEOUT
+    ) -> dict[str, str]:
+        """Bring the running peers back to a (new) hub started with :meth:`start_hub`.
+
+        The second half of :meth:`restart_hub`, for a test that starts the hub itself (e.g. to
+        time how fast another client registers) and only then wants the peers back. Returns
+        ``{peer: "reconnected" | "restarted"}``.
+        """
+        result: dict[str, str] = {}
         if self.is_running("ds9"):
             with contextlib.suppress(PeerError):
                 self.xpaset("samp", "disconnect")
@@ -1418,11 +1445,20 @@ class PeerStack:
         self.aladin_script(f"{ra:.8f} {dec:+.8f}")
 
     # ------------------------------------------------------------------ display
-    def screenshot(self, path: str | os.PathLike) -> Path:
-        """Save a PNG of the whole Xvfb screen (ImageMagick ``import -window root``)."""
+    def screenshot(
+        self, path: str | os.PathLike, crop: tuple[int, int, int, int] | None = None
+    ) -> Path:
+        """Save a PNG of the whole Xvfb screen (ImageMagick ``import -window root``).
+
+        ``crop`` = (x, y, width, height) keeps only that part of the screen.
+        """
         path = Path(path)
+        geometry = []
+        if crop is not None:
+            x, y, w, h = (int(v) for v in crop)
+            geometry = ["-crop", f"{w}x{h}+{x}+{y}", "+repage"]
         r = subprocess.run(
-            ["import", "-window", "root", str(path)],
+            ["import", "-window", "root", *geometry, str(path)],
             env=self._env,
             capture_output=True,
             text=True,
@@ -1440,8 +1476,14 @@ def _tcl_list(line: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- pyvo hub process
 def _python_hub_main(lockfile: str) -> int:
-    """Run a pyvo.samp hub on 127.0.0.1 until SIGTERM/SIGINT, then remove its lockfile."""
-    hub = samp.SAMPHubServer(
+    """Run a pyvo.samp hub on 127.0.0.1 until SIGTERM/SIGINT, then remove its lockfile.
+
+    It is the hub sampbridge itself starts in ``hub.mode: auto``: pyvo's SAMPHubServer with
+    its callAndWait race fixed (see sampbridge/samp/hub.py).
+    """
+    from sampbridge.samp.hub import Hub
+
+    hub = Hub(
         addr="127.0.0.1", lockfile=lockfile, web_profile=False, label="sampbridge-tests"
     )
     stop = threading.Event()
