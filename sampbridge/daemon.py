@@ -93,11 +93,13 @@ class Daemon:
         self.executor = ThreadPoolExecutor(max_workers=cfg["workers"],
                                            thread_name_prefix="query")
         self.echo = EchoGuard(cfg["echo.window"], cfg["echo.radius"])
-        self.coalescer: Coalescer[tuple[float, float, str]] = Coalescer(
+        self.coalescer: Coalescer[tuple[float, float, str, float]] = Coalescer(
             self._run_point, cfg["pointat.quiet"], cfg["pointat.max_wait"], name="pointat")
         self.known = KnownTables(cfg["tables.cache_size"])
         self.incoming = self.engine.results_dir / "incoming"
         self._pending: set[Message] = set()
+        self.last_latency = 0.0  # seconds from the last pointAt received to its delivery
+        self.points_done = 0
         self._active = 0
         self._pending_lock = threading.Lock()
         self.stats = {"received": 0, "queries": 0, "delivered": 0, "errors": 0, "echoes": 0}
@@ -186,11 +188,11 @@ class Daemon:
             msg.reply_ok({"ignored": "echo"})
             return
         log.info("%s from %s: %.5f %+.5f", msg.mtype, msg.sender_name, ra, dec)
-        self.coalescer.submit((ra, dec, msg.sender_name))
+        self.coalescer.submit((ra, dec, msg.sender_name, time.perf_counter()))
         msg.reply_ok({"accepted": "1"})
 
-    def _run_point(self, item: tuple[float, float, str], seq: int) -> None:
-        ra, dec, sender = item
+    def _run_point(self, item: tuple[float, float, str, float], seq: int) -> None:
+        ra, dec, sender, received = item
         req = ConeRequest(ra, dec, self.cfg["cone.radius"], self.cfg["cone.verb"])
         images: Future | None = None
         if self.cfg["images.enabled"] and self.cfg["images.max_count"] > 0:
@@ -218,6 +220,10 @@ class Daemon:
             self._deliver_table(table, sender)
         if img is not None:
             self._deliver_images(img, sender)
+        self.last_latency = time.perf_counter() - received
+        self.points_done += 1
+        log.debug("pointAt %.5f %+.5f: message to delivery %s", ra, dec,
+                  _ms(self.last_latency))
 
     # -- delivery -----------------------------------------------------------------------
     def _keep_for_later(self, res: TableResult | ImageResult, patterns: list[str] | None,
@@ -479,7 +485,7 @@ class Daemon:
         if self.echo.is_echo(ra, dec):
             msg.reply_ok({"ignored": "echo"})
             return
-        self.coalescer.submit((ra, dec, msg.sender_name))
+        self.coalescer.submit((ra, dec, msg.sender_name, time.perf_counter()))
         msg.reply_ok({"accepted": "1"})
 
     def _on_select(self, msg: Message) -> None:

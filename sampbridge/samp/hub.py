@@ -10,6 +10,7 @@ waits until its timeout.  :class:`Hub` records the id first.  Seen as an intermi
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from typing import Any
 
@@ -20,7 +21,19 @@ __all__ = ["Hub"]
 
 
 class Hub(psamp.SAMPHubServer):
-    """A :class:`pyvo.samp.SAMPHubServer` whose ``callAndWait`` never loses a fast reply."""
+    """A :class:`pyvo.samp.SAMPHubServer` whose ``callAndWait`` never loses a fast reply.
+
+    It also wakes the waiting caller as soon as the reply arrives, instead of polling.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._replied = threading.Condition()
+
+    def _reply_(self, responder_private_key: str, msg_id: str, response: dict) -> None:
+        super()._reply_(responder_private_key, msg_id, response)
+        with self._replied:
+            self._replied.notify_all()
 
     def _call_and_wait(self, private_key: str, recipient_id: str, message: dict[str, Any],
                        timeout: str) -> dict[str, Any]:
@@ -39,12 +52,14 @@ class Hub(psamp.SAMPHubServer):
         self._launch_thread(target=self._call_,
                             args=(private_key, public_id, recipient_id, msg_id, message))
         try:
-            while self._is_running:
-                if 0 < wait <= time.time() - start:
-                    raise SAMPProxyTimeoutError(1, "Timeout expired!")
-                if self._sync_msg_ids_heap.get(msg_id) is not None:
-                    return copy.deepcopy(self._sync_msg_ids_heap[msg_id])
-                time.sleep(0.005)
+            with self._replied:
+                while self._is_running:
+                    if self._sync_msg_ids_heap.get(msg_id) is not None:
+                        return copy.deepcopy(self._sync_msg_ids_heap[msg_id])
+                    left = wait - (time.time() - start) if wait > 0 else 1.0
+                    if left <= 0:
+                        raise SAMPProxyTimeoutError(1, "Timeout expired!")
+                    self._replied.wait(min(left, 1.0))
             return {}
         finally:
             self._sync_msg_ids_heap.pop(msg_id, None)
