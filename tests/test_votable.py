@@ -48,3 +48,39 @@ def test_bodies_that_are_not_votables(tmp_path, body, words):
     p.write_bytes(body)
     with pytest.raises(ServiceError, match=words):
         check_result(p, "http://127.0.0.1/x")
+
+
+def _big_votable(rows: int, prefix: str = "", tail: str = "") -> bytes:
+    p = f"{prefix}:" if prefix else ""
+    ns = f' xmlns:{prefix}="http://www.ivoa.net/xml/VOTable/v1.3"' if prefix else ""
+    body = "".join(f"<{p}TR><{p}TD>src &lt;TR {i}</{p}TD></{p}TR>" for i in range(rows))
+    return (f'<?xml version="1.0"?><{p}VOTABLE{ns}><{p}RESOURCE>'
+            f'<{p}INFO name="QUERY_STATUS" value="OK"/><{p}TABLE>'
+            f'<{p}FIELD name="name" datatype="char" arraysize="*"/><{p}DATA><{p}TABLEDATA>'
+            f"{body}</{p}TABLEDATA></{p}DATA></{p}TABLE>{tail}</{p}RESOURCE></{p}VOTABLE>\n"
+            ).encode()
+
+
+@pytest.mark.parametrize("prefix", ["", "vot"])
+def test_large_tabledata_is_scanned_not_parsed(tmp_path, prefix):
+    from sampbridge.csc import votable
+
+    p = tmp_path / "big.vot"
+    overflow = f'<{prefix + ":" if prefix else ""}INFO name="QUERY_STATUS" value="OVERFLOW"/>'
+    p.write_bytes(_big_votable(60000, prefix, overflow))
+    assert p.stat().st_size > votable.FAST_SCAN_BYTES
+    fast = summarize(p)
+    assert (fast.rows, fast.status, fast.columns) == (60000, "OVERFLOW", ["name"])
+    votable.FAST_SCAN_BYTES, saved = 1 << 40, votable.FAST_SCAN_BYTES
+    try:
+        slow = summarize(p)
+    finally:
+        votable.FAST_SCAN_BYTES = saved
+    assert (slow.rows, slow.status, slow.columns) == (fast.rows, fast.status, fast.columns)
+
+
+def test_large_truncated_votable_is_an_error(tmp_path):
+    p = tmp_path / "cut.vot"
+    p.write_bytes(_big_votable(60000)[:-5000])
+    with pytest.raises(ServiceError, match="not a complete VOTable"):
+        check_result(p)

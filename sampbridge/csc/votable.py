@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -44,6 +45,64 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
+#: files above this size are scanned by their bytes, not parsed (see :func:`_fast_summary`)
+FAST_SCAN_BYTES = 1 << 20
+_EDGE = 1 << 16
+_ROOT = re.compile(rb"<(?:([A-Za-z_][\w.-]*):)?VOTABLE[\s>]")
+_NS = rb"(?:[A-Za-z_][\w.-]*:)?"
+_INFO = re.compile(rb"<" + _NS + rb"INFO\b([^>]*?)(/>|>(.*?)</" + _NS + rb"INFO>)", re.S)
+_ATTR = re.compile(rb'([A-Za-z_:][\w.:-]*)\s*=\s*(?:"([^"]*)"|\'([^\']*)\')')
+_FIELD_NAME = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?FIELD\b[^>]*?\bname\s*=\s*[\"']([^\"']*)")
+
+
+def _fast_summary(path: Path) -> VOTableSummary | None:
+    """Summarize a large TABLEDATA VOTable by scanning its bytes; ``None`` if it cannot.
+
+    The status and messages come from the INFO elements in the first and last 64 kB (where
+    TAP services put QUERY_STATUS, before the table and after it for OVERFLOW); the rows are
+    the ``<TR`` tags counted in one pass.  In TABLEDATA, ``<`` inside cell text is escaped,
+    so every ``<TR`` is a row.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(_EDGE)
+        fh.seek(max(0, size - _EDGE))
+        tail = fh.read()
+    m = _ROOT.search(head)
+    if m is None:
+        return None                      # let the parser say what it is
+    if b"<BINARY" in head or b":BINARY" in head or b"TABLEDATA" not in head:
+        return None
+    prefix = (m.group(1) + b":") if m.group(1) else b""
+    if not re.search(rb"</" + re.escape(prefix) + rb"VOTABLE\s*>\s*$", tail):
+        raise ServiceError("the service sent a body that is not a complete VOTable "
+                           "(it ends before </VOTABLE>)")
+    status, message = "OK", ""
+    for region in (head, tail):
+        for im in _INFO.finditer(region):
+            attrs = {k.decode(): (a or b).decode("utf-8", "replace")
+                     for k, a, b in _ATTR.findall(im.group(1))}
+            name = (attrs.get("name") or attrs.get("ID") or "").upper()
+            text = (im.group(3) or b"").decode("utf-8", "replace").strip()
+            if name == "QUERY_STATUS":
+                status = attrs.get("value", "OK").upper() or "OK"
+                if status != "OK":
+                    message = text or message
+            elif name == "ERROR":
+                status, message = "ERROR", attrs.get("value") or text
+    tags = (b"<" + prefix + b"TR>", b"<" + prefix + b"TR ")
+    rows, carry = 0, b""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            buf = carry + chunk
+            rows += sum(buf.count(t) for t in tags)
+            # keep a tag's length minus one: a tag cut at the boundary is whole (and counted)
+            # in the next buffer only, and no whole tag fits in what is kept
+            carry = buf[-(len(tags[0]) - 1):]
+    columns = [n.decode("utf-8", "replace") for n in _FIELD_NAME.findall(head)]
+    return VOTableSummary(status, message, rows, columns)
+
+
 def summarize(path: Path | bytes) -> VOTableSummary:
     """Scan ``path`` (a file, or a body held in memory) and return its :class:`VOTableSummary`.
 
@@ -55,8 +114,13 @@ def summarize(path: Path | bytes) -> VOTableSummary:
     ServiceError
         If the file is not a VOTable (an HTML error page, a truncated body...).
     """
-    if (len(path) if isinstance(path, bytes) else path.stat().st_size) == 0:
+    size = len(path) if isinstance(path, bytes) else path.stat().st_size
+    if size == 0:
         raise ServiceError("the service sent an empty body, not a VOTable")
+    if not isinstance(path, bytes) and size > FAST_SCAN_BYTES:
+        fast = _fast_summary(path)
+        if fast is not None:
+            return fast
     source = io.BytesIO(path) if isinstance(path, bytes) else str(path)
     status, message, rows = "OK", "", 0
     columns: list[str] = []
