@@ -171,6 +171,7 @@ class QueryFolder:
         self._checker: threading.Thread | None = None
         self.processed = 0
         self.failed = 0
+        self.scans = 0
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -249,6 +250,7 @@ class QueryFolder:
             p = self.folder / name
             if p.is_file():
                 self.notice(p, closed=True)
+        self.scans += 1
 
     def _check_loop(self) -> None:
         last_scan = time.monotonic()

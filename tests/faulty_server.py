@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -104,5 +103,4 @@ def wait_port_closed_url() -> str:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    time.sleep(0)
     return f"http://127.0.0.1:{port}/nothing"
