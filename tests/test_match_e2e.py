@@ -122,7 +122,9 @@ def test_table_load_by_file_url_in_every_spelling(bridge, sources, tmp_path, spe
     r = resp["samp.result"]
     assert (r["input-rows"], r["no-position"], r["unmatched"]) == ("50", "0", "0")
     (tab,) = topcat.wait_for("table.load.votable")
-    assert tab["name"] == "mine \u00d7 CSC 2.1" and tab["table-id"] == r["table-id"]
+    # SAMP strings are ASCII: the name sent is 'mine x CSC 2.1'; the VOTable keeps the sign
+    assert tab["name"] == "mine x CSC 2.1" and tab["table-id"] == r["table-id"]
+    assert "mine \u00d7 CSC 2.1" in path_of(tab["url"]).read_text(encoding="utf-8")
     assert len(read(path_of(tab["url"]))) == 50
 
 
@@ -186,7 +188,7 @@ def test_highlight_runs_a_cone_and_select_matches_the_rows(bridge, sources, tmp_
     assert resp["samp.status"] == "samp.ok", resp
     assert resp["samp.result"]["input-rows"] == "3"
     tab = topcat.wait_for("table.load.votable", 4)[-1]
-    assert tab["name"] == "list [3 selected] \u00d7 CSC 2.1"
+    assert tab["name"] == "list [3 selected] x CSC 2.1"
     assert sorted(read(path_of(tab["url"]))["input_row"].tolist()) == [1, 3, 5]
 
 

@@ -56,3 +56,12 @@ def test_siap_and_tap_requests():
         TapRequest.from_params({"adql": "  "}, CFG)
     with pytest.raises(RequestError, match="'maxrec' must be a whole number"):
         TapRequest.from_params({"adql": "SELECT 1", "maxrec": "1.5"}, CFG)
+
+
+def test_samp_strings_are_ascii():
+    from sampbridge.samp.connection import _sampify, samp_string
+
+    assert samp_string("list \u00d7 CSC 2.1") == "list x CSC 2.1"
+    assert samp_string("Caf\u00e9 \u03b1 r=3\u2032") == "Cafe ? r=3'"
+    assert _sampify({"name": "a \u00d7 b", "rows": 3, "ok": True}) == {
+        "name": "a x b", "rows": "3", "ok": "1"}

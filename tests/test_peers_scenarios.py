@@ -77,19 +77,9 @@ class DeliveryRefused(AssertionError):
     """sampbridge logged that a peer or the hub refused one of its messages."""
 
 
-#: A daemon bug, seen only on the JSAMP hub (which checks SAMP strings; the pyvo hub does not):
-#: the match table's name is '<name> × CSC 2.1', and U+00D7 is not a legal SAMP string
-#: character (SAMP 1.3 section 3.3 allows 0x09, 0x0a, 0x0d and 0x20-0x7f). JSAMP refuses the
-#: table.load.votable call to TOPCAT and the reply to the sender ("Bad SAMP string; contains
-#: character 0xd7"), so the match never reaches TOPCAT and STILTS waits for its reply for ever.
-#: strict: once the daemon is fixed these tests XPASS and fail, so remove the marker then.
-SAMP_STRING_BUG = pytest.mark.xfail(
-    raises=DeliveryRefused,
-    strict=True,
-    reason="daemon bug: match table name '<name> \u00d7 CSC 2.1' is not a legal SAMP string; "
-    "the JSAMP hub refuses it (Bad SAMP string; contains character 0xd7)",
-)
-HUBS_MATCH = [pytest.param("jsamp", marks=SAMP_STRING_BUG), "python"]
+#: The match tables run on both hubs. The JSAMP hub checks that SAMP strings are ASCII (SAMP 1.3
+#: section 3.3); the name '<name> \u00d7 CSC 2.1' is therefore sent as '<name> x CSC 2.1'.
+HUBS_MATCH = ["jsamp", "python"]
 
 _counter = itertools.count(1)
 
@@ -349,8 +339,7 @@ def cone_title(ra: float, dec: float, radius: float = CONE_RADIUS) -> str:
 
 
 def match_title_re(name: str) -> str:
-    # docs/tables.md: '<input name> × CSC 2.1'; an ASCII 'x' is accepted too (SAMP strings
-    # are ASCII, see SAMP_STRING_BUG)
+    # docs/tables.md: '<input name> × CSC 2.1' in the VOTable, 'x' in the SAMP name
     return rf"^{re.escape(name)} [\u00d7x] CSC 2\.1$"
 
 

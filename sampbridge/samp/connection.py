@@ -27,7 +27,7 @@ from pyvo.samp.utils import SAMPXXEServerProxy, ServerProxyPool
 from .hub import Hub
 
 __all__ = ["Message", "Delivery", "HubConnection", "HubUnavailable", "lockfile_path",
-           "find_running_hub"]
+           "find_running_hub", "samp_string"]
 
 log = logging.getLogger(__name__)
 psamp.conf.use_internet = False  # never probe an internet host to pick a callback address
@@ -147,9 +147,9 @@ class Message:
     def reply_error(self, text: str, *, debug: str | None = None,
                     code: str | None = None, result: dict | None = None) -> bool:
         """Reply ``samp.error`` with a sentence a person can read."""
-        err: dict[str, str] = {"samp.errortxt": text}
+        err: dict[str, str] = {"samp.errortxt": samp_string(text)}
         if debug:
-            err["samp.debugtxt"] = debug
+            err["samp.debugtxt"] = samp_string(debug)
         if code:
             err["samp.code"] = code
         resp: dict[str, Any] = {"samp.status": "samp.error", "samp.error": err}
@@ -158,15 +158,43 @@ class Message:
         return self.reply(resp)
 
 
+_ASCII_FOR = {"\u00d7": "x", "\u2212": "-", "\u2032": "'", "\u2033": '"', "\u00b0": "deg",
+              "\u2013": "-", "\u2014": "-", "\u2018": "'", "\u2019": "'", "\u201c": '"',
+              "\u201d": '"'}
+
+
+def samp_string(text: str) -> str:
+    """Return ``text`` as a legal SAMP string (0x09, 0x0a, 0x0d and 0x20-0x7f only).
+
+    The JSAMP hub refuses a message with any other character ("Bad SAMP string"), so a name
+    such as ``list \u00d7 CSC 2.1`` is sent as ``list x CSC 2.1``; accents lose their marks and
+    anything else becomes ``?``.
+    """
+    if all(c in "\t\n\r" or " " <= c <= "\x7f" for c in text):
+        return text
+    import unicodedata
+
+    out = []
+    for c in text:
+        if c in "\t\n\r" or " " <= c <= "\x7f":
+            out.append(c)
+        elif c in _ASCII_FOR:
+            out.append(_ASCII_FOR[c])
+        else:
+            plain = unicodedata.normalize("NFKD", c).encode("ascii", "ignore").decode()
+            out.append(plain if plain.strip() else "?")
+    return "".join(out)
+
+
 def _sampify(value: Any) -> Any:
-    """Turn a Python value into SAMP's strings, lists and maps."""
+    """Turn a Python value into SAMP's strings, lists and maps (ASCII only)."""
     if isinstance(value, dict):
-        return {str(k): _sampify(v) for k, v in value.items() if v is not None}
+        return {samp_string(str(k)): _sampify(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
         return [_sampify(v) for v in value]
     if isinstance(value, bool):
         return "1" if value else "0"
-    return str(value)
+    return samp_string(str(value))
 
 
 @dataclass
