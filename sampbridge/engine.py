@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from ._astropy import quiet_astropy
 from .cache import ResultCache, cone_key, tap_key
 from .config import Config
 from .csc import http
@@ -39,8 +40,6 @@ log = logging.getLogger(__name__)
 
 def _write_votable(table: Table, dest: Path, name: str) -> None:
     """Write ``table`` as a VOTable atomically (temporary name, then rename)."""
-    import warnings
-
     part = dest.with_name(dest.name + ".part")
     out = table.copy(copy_data=False)
     out.meta = {k: v for k, v in out.meta.items() if isinstance(v, str)}
@@ -49,8 +48,7 @@ def _write_votable(table: Table, dest: Path, name: str) -> None:
         if col.dtype.kind == "O":
             out[col.name] = col.astype(str)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_astropy():
             out.write(part, format="votable", overwrite=True)
         os.replace(part, dest)
     finally:

@@ -10,7 +10,6 @@ import io
 import logging
 import math
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +19,13 @@ import numpy as np
 from astropy.io.votable import parse_single_table
 from astropy.table import Table, vstack
 
+from ._astropy import quiet_astropy
 from .csc import http
 from .csc.adql import identifier, number
 from .csc.cone import ConeService
 from .csc.pyvo_errors import translated
 from .csc.tap import TapClient
-from .csc.votable import check_result
+from .csc.votable import check_body
 
 __all__ = ["Matches", "match_by_cones", "match_by_upload", "best_only", "join", "plan_cones",
            "sep_arcsec"]
@@ -90,18 +90,25 @@ def plan_cones(ra: np.ndarray, dec: np.ndarray, rows: np.ndarray, radius: float,
     return plan
 
 
-def _cone_table(svc: ConeService, ra: float, dec: float, sr: float, verb: int) -> Table:
+def _fetch_cone(svc: ConeService, ra: float, dec: float, sr: float, verb: int
+                ) -> tuple[bytes, str]:
+    """Download one cone's VOTable (on a worker thread: network only)."""
     params = svc.params(ra, dec, sr, verb)
     resp = http.request(svc.session, "GET", svc.url, "cone search", retries=svc.retries,
                         params=params)
     with resp:
         http.raise_for_http(resp, "cone search")
-        body = resp.content
-    summary = check_result(body, resp.url, "cone search")
-    if summary.rows == 0:
-        return Table()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        return resp.content, resp.url
+
+
+def _cone_table(body: bytes, url: str) -> Table:
+    """Parse one cone's VOTable (on the calling thread only).
+
+    Parsing in the worker threads crashed the process with SIGSEGV (inside expat, and in a
+    garbage collection during astropy's VOTable parser), so the workers only download.
+    """
+    check_body(body, url, "cone search")
+    with quiet_astropy():
         return parse_single_table(io.BytesIO(body)).to_table(use_names_over_ids=True)
 
 
@@ -125,9 +132,14 @@ def match_by_cones(svc: ConeService, ra: np.ndarray, dec: np.ndarray, valid: np.
     parts_tab: list[Table] = []
     parts_sep: list[np.ndarray] = []
 
-    def one(item: tuple[float, float, float, np.ndarray]) -> tuple[np.ndarray, Table, np.ndarray]:
-        rc, dc, sr, members = item
-        t = _cone_table(svc, rc, dc, sr, verb)
+    def fetch(item: tuple[float, float, float, np.ndarray]) -> tuple[bytes, str]:
+        rc, dc, sr, _ = item
+        return _fetch_cone(svc, rc, dc, sr, verb)
+
+    def one(item: tuple[float, float, float, np.ndarray], body: bytes, url: str
+            ) -> tuple[np.ndarray, Table, np.ndarray]:
+        members = item[3]
+        t = _cone_table(body, url)
         done[0] += 1
         now = time.monotonic()
         if now - last_log[0] > 5:
@@ -149,7 +161,8 @@ def match_by_cones(svc: ConeService, ra: np.ndarray, dec: np.ndarray, valid: np.
 
     with ThreadPoolExecutor(max_workers=max(1, parallelism),
                             thread_name_prefix="cone") as pool:
-        for idx, tab, sep in pool.map(one, plan):
+        for item, (body, url) in zip(plan, pool.map(fetch, plan), strict=True):
+            idx, tab, sep = one(item, body, url)
             if len(idx):
                 parts_idx.append(idx)
                 parts_tab.append(tab)
@@ -158,8 +171,7 @@ def match_by_cones(svc: ConeService, ra: np.ndarray, dec: np.ndarray, valid: np.
              len(plan), parallelism, (time.monotonic() - t0) * 1000)
     if not parts_idx:
         return _empty(columns, "cone", len(plan))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_astropy():
         tab = vstack(parts_tab, metadata_conflicts="silent")
     return Matches(np.concatenate(parts_idx), tab, np.concatenate(parts_sep), "cone",
                    len(plan))
@@ -181,8 +193,7 @@ def match_by_upload(tap: TapClient, ra: np.ndarray, dec: np.ndarray, valid: np.n
             f"JOIN {identifier(table)} AS m ON 1=CONTAINS(POINT('ICRS', m.ra, m.dec), "
             f"CIRCLE('ICRS', u.sb_ra, u.sb_dec, {number(radius)}))")
     t0 = time.monotonic()
-    with translated("TAP upload match", tap.url), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with translated("TAP upload match", tap.url), quiet_astropy():
         svc = TAPService(tap.url, session=tap.session)
         run = svc.run_sync if len(rows) <= 5000 else svc.run_async
         result = run(adql, uploads={"sb_pos": upload}, maxrec=max(10 * len(rows), 100000))

@@ -6,7 +6,6 @@ import ipaddress
 import os
 import shutil
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -14,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 from astropy.table import Table
 
+from ._astropy import quiet_astropy
 from .csc import http
 from .csc.errors import CSCError
 from .csc.siap import safe_name
@@ -122,8 +122,7 @@ def read_table(path: Path, max_rows: int) -> Table:
     elif b"<VOTABLE" in head or head.lstrip().startswith(b"<?xml"):
         fmt = "votable"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_astropy():
             if fmt == "fits":
                 table = Table.read(path, format="fits", hdu=1 if _has_table_hdu(path) else None)
             elif fmt == "votable":

@@ -6,13 +6,13 @@ import logging
 import math
 import re
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 from pyvo.dal import SIAService
 
+from .._astropy import quiet_astropy
 from . import http
 from .errors import CSCError, ResultTooLarge, ServiceError
 from .pyvo_errors import translated
@@ -85,8 +85,7 @@ class SiapService:
     def search(self, ra: float, dec: float, size: float,
                fmt: str = "image/fits") -> list[ImageInfo]:
         """Return the images that cover a position."""
-        with translated("image query (SIAP)", self.url), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with translated("image query (SIAP)", self.url), quiet_astropy():
             service = SIAService(self.url, session=self.session)
             results = service.search(pos=(ra, dec), size=size, format=fmt or "ALL")
             images = []
@@ -171,8 +170,7 @@ def _check_fits(path: Path, url: str) -> tuple[float, float] | None:
         from astropy.io import fits
         from astropy.wcs import WCS
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_astropy():
             hdr = fits.getheader(path)
             w = WCS(hdr).celestial
             if not w.has_celestial:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import requests
 from pyvo.dal import TAPService
 from pyvo.dal.tap import AsyncTAPJob
 
+from .._astropy import quiet_astropy
 from . import http
 from .errors import CSCError, QueryError, ServiceTimeout
 from .pyvo_errors import translated
@@ -93,8 +93,7 @@ class TapClient:
         with self._lock:
             if self._caps is None:
                 with translated("reading TAP capabilities", self.url + "/capabilities"), \
-                        warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
+                        quiet_astropy():
                     svc = TAPService(self.url, session=self.session)
                     adql = svc.get_tap_capability().get_adql()
                     geo = bool(adql) and all(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 import re
-import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._astropy import quiet_astropy
 from .errors import QueryError, ServiceError
 
 __all__ = ["VOTableSummary", "summarize", "check_result"]
@@ -103,6 +103,31 @@ def _fast_summary(path: Path) -> VOTableSummary | None:
     return VOTableSummary(status, message, rows, columns)
 
 
+def check_body(body: bytes, url: str | None = None, what: str = "query") -> None:
+    """Check a small VOTable held in memory by its bytes only: a VOTable, complete, no error.
+
+    Used where the body is parsed by astropy next anyway (matching by cones), so that each
+    body goes through one parser only.
+    """
+    m = _ROOT.search(body[:_EDGE])
+    if m is None:
+        raise ServiceError(f"{what}: the service sent a body that is not a VOTable", url=url)
+    prefix = (m.group(1) + b":") if m.group(1) else b""
+    if not re.search(rb"</" + re.escape(prefix) + rb"VOTABLE\s*>\s*$", body[-_EDGE:]):
+        raise ServiceError(f"{what}: the service sent a body that is not a complete VOTable",
+                           url=url)
+    for im in _INFO.finditer(body if len(body) <= 2 * _EDGE else body[:_EDGE] + body[-_EDGE:]):
+        attrs = {k.decode(): (a or b).decode("utf-8", "replace")
+                 for k, a, b in _ATTR.findall(im.group(1))}
+        name = (attrs.get("name") or attrs.get("ID") or "").upper()
+        text = (im.group(3) or b"").decode("utf-8", "replace").strip()
+        if (name == "QUERY_STATUS" and attrs.get("value", "").upper() == "ERROR") \
+                or name == "ERROR":
+            raise QueryError(f"{what} was rejected by the service", url=url, status=200,
+                             service_message=attrs.get("value") if name == "ERROR" and
+                             attrs.get("value") else (text or "QUERY_STATUS=ERROR"))
+
+
 def summarize(path: Path | bytes) -> VOTableSummary:
     """Scan ``path`` (a file, or a body held in memory) and return its :class:`VOTableSummary`.
 
@@ -122,48 +147,50 @@ def summarize(path: Path | bytes) -> VOTableSummary:
         if fast is not None:
             return fast
     source = io.BytesIO(path) if isinstance(path, bytes) else str(path)
-    status, message, rows = "OK", "", 0
-    columns: list[str] = []
-    in_table = 0
-    binary = False
-    tables = 0
-    root_seen = False
-    try:
-        for event, elem in ET.iterparse(source, events=("start", "end")):
-            tag = _local(elem.tag)
-            if event == "start":
-                if not root_seen:
-                    root_seen = True
-                    if tag != "VOTABLE":
-                        raise ServiceError(f"the service sent a <{tag}> document, "
-                                           "not a VOTable")
-                if tag == "TABLE":
-                    tables += 1
-                    in_table = tables
-                elif tag in ("BINARY", "BINARY2") and in_table == 1:
-                    binary = True
-                continue
-            if tag == "INFO":
-                name = (elem.get("name") or elem.get("ID") or "").upper()
-                value = elem.get("value") or ""
-                if name == "QUERY_STATUS":
-                    status = value.upper() or "OK"
-                    if status != "OK":
-                        message = (elem.text or "").strip() or message
-                elif name == "ERROR":
-                    status = "ERROR"
-                    message = value or (elem.text or "").strip()
-            elif tag == "FIELD" and in_table == 1:
-                columns.append(elem.get("name") or elem.get("ID") or "")
-            elif tag == "TR" and in_table == 1:
-                rows += 1
-            elif tag == "TABLE":
-                in_table = 0
-            if tag in ("TR", "STREAM", "TD"):
-                elem.clear()
-    except ET.ParseError as exc:
-        raise ServiceError(f"the service sent a body that is not a complete VOTable ({exc})") \
-            from None
+    # expat crashed (SIGSEGV) when several threads parsed at once: parse one at a time
+    with quiet_astropy():
+        status, message, rows = "OK", "", 0
+        columns: list[str] = []
+        in_table = 0
+        binary = False
+        tables = 0
+        root_seen = False
+        try:
+            for event, elem in ET.iterparse(source, events=("start", "end")):
+                tag = _local(elem.tag)
+                if event == "start":
+                    if not root_seen:
+                        root_seen = True
+                        if tag != "VOTABLE":
+                            raise ServiceError(f"the service sent a <{tag}> document, "
+                                               "not a VOTable")
+                    if tag == "TABLE":
+                        tables += 1
+                        in_table = tables
+                    elif tag in ("BINARY", "BINARY2") and in_table == 1:
+                        binary = True
+                    continue
+                if tag == "INFO":
+                    name = (elem.get("name") or elem.get("ID") or "").upper()
+                    value = elem.get("value") or ""
+                    if name == "QUERY_STATUS":
+                        status = value.upper() or "OK"
+                        if status != "OK":
+                            message = (elem.text or "").strip() or message
+                    elif name == "ERROR":
+                        status = "ERROR"
+                        message = value or (elem.text or "").strip()
+                elif tag == "FIELD" and in_table == 1:
+                    columns.append(elem.get("name") or elem.get("ID") or "")
+                elif tag == "TR" and in_table == 1:
+                    rows += 1
+                elif tag == "TABLE":
+                    in_table = 0
+                if tag in ("TR", "STREAM", "TD"):
+                    elem.clear()
+        except ET.ParseError as exc:
+            raise ServiceError(f"the service sent a body that is not a complete VOTable ({exc})") \
+                from None
     if not root_seen:
         raise ServiceError("the service sent an empty body, not a VOTable")
     if binary and status != "ERROR":
@@ -174,8 +201,7 @@ def summarize(path: Path | bytes) -> VOTableSummary:
 def _count_binary(path: Path | bytes) -> int:
     from astropy.io.votable import parse
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_astropy():
         src = io.BytesIO(path) if isinstance(path, bytes) else str(path)
         vot = parse(src, columns=[0], verify="ignore")
     for resource in vot.iter_tables():
