@@ -49,7 +49,10 @@ def _write_votable(table: Table, dest: Path, name: str) -> None:
             out[col.name] = col.astype(str)
     try:
         with quiet_astropy():
-            out.write(part, format="votable", overwrite=True)
+            # BINARY2, not TABLEDATA: astropy 8.0.2's C TABLEDATA writer corrupted memory on
+            # match tables (an intermittent SIGSEGV later, anywhere in the process; gone with
+            # the writer bypassed, and with BINARY2, in 75 runs of 1000-row matches)
+            out.write(part, format="votable", overwrite=True, tabledata_format="binary2")
         os.replace(part, dest)
     finally:
         part.unlink(missing_ok=True)
