@@ -49,10 +49,16 @@ def _write_votable(table: Table, dest: Path, name: str) -> None:
             out[col.name] = col.astype(str)
     try:
         with quiet_astropy():
-            # BINARY2, not TABLEDATA: astropy 8.0.2's C TABLEDATA writer corrupted memory on
-            # match tables (an intermittent SIGSEGV later, anywhere in the process; gone with
-            # the writer bypassed, and with BINARY2, in 75 runs of 1000-row matches)
-            out.write(part, format="votable", overwrite=True, tabledata_format="binary2")
+            # TABLEDATA through astropy's Python writer, not its C one: the C TABLEDATA writer
+            # (astropy 8.0.2) corrupted memory on match tables, an intermittent SIGSEGV later
+            # anywhere in the process (gone with the C writer bypassed, in 75 runs of
+            # 1000-row matches). BINARY2 avoids it too, but STIL (TOPCAT) cannot read
+            # astropy's BINARY2 'bit' columns, which the CSC flags are.
+            from astropy.io.votable import from_table
+
+            vot = from_table(out)
+            with open(part, "wb") as fh:
+                vot.to_xml(fh, tabledata_format="tabledata", _debug_python_based_parser=True)
         os.replace(part, dest)
     finally:
         part.unlink(missing_ok=True)
