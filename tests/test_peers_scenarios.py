@@ -42,9 +42,9 @@ from conftest import wait_for  # noqa: E402
 from peers.harness import (  # noqa: E402
     PeerError,
     PeerStack,
-    _tcl_list,
     fetch_url,
     find_client_id,
+    read_catinfo,
     require_peers,
 )
 
@@ -446,12 +446,7 @@ def ds9_catalog_list(st: PeerStack, tmp: Path) -> list[tuple[str, int, str]]:
     except PeerError:
         if not done.exists():
             return []
-    rows = []
-    for line in out.read_text().splitlines():
-        parts = _tcl_list(line)
-        if len(parts) >= 2:
-            rows.append((parts[0], int(parts[1]), parts[2] if len(parts) > 2 else ""))
-    return rows
+    return read_catinfo(out)
 
 
 def image_centre(path: Path) -> tuple[float, float]:
@@ -511,19 +506,25 @@ def check_match_table(st: PeerStack, index: int, want: dict[str, str]) -> None:
 
 
 # ============================================================================= 1. DS9 click
-def test_ds9_click_gives_the_cone_table_in_topcat(stack, bridge, mimic_image, vo_server):
-    b = bridge({"images.enabled": False})
+def ds9_click_to_topcat(stack, b, mimic_image, vo_server):  # noqa: ANN001
+    """Scenario 1: DS9 shows an image and pans to a source; return (ra, dec, TOPCAT tables,
+    CSC names in the new table), having checked them against a direct cone."""
     stack.call_ok("ds9", "image.load.fits", {"url": mimic_image.as_uri(), "name": "rho Oph"})
     tables = TopcatTables(stack, b)
     with stack.connect_client("ds9-watcher", ["coord.pointAt.sky"]) as rec:
         stack.ds9_send_point_at(*INSIDE)
         sent = rec.wait_for("coord.pointAt.sky", sender=stack.peer_id("ds9"))
     ra, dec = float(sent.params["ra"]), float(sent.params["dec"])
-    assert _sep_arcsec((ra, dec), INSIDE) < 0.1
-
     index = tables.wait("^" + re.escape(cone_title(ra, dec)) + "$")
     got = topcat_names(stack, index)
-    assert got == cone_names(vo_server, ra, dec) and len(got) > 10
+    assert got == cone_names(vo_server, ra, dec)
+    return ra, dec, tables, got
+
+
+def test_ds9_click_gives_the_cone_table_in_topcat(stack, bridge, mimic_image, vo_server):
+    b = bridge({"images.enabled": False})
+    ra, dec, tables, got = ds9_click_to_topcat(stack, b, mimic_image, vo_server)
+    assert _sep_arcsec((ra, dec), INSIDE) < 0.1 and len(got) > 10
     b.wait_log(rf"coord\.pointAt\.sky from SAOImageDS9: {ra:.5f} {dec:+.5f}\n")
     b.wait_log(rf"cone {ra:.5f} {dec:+.5f} r=0\.05 VERB=2 for SAOImageDS9: {len(got)} rows .*"
                r"-> topcat")
@@ -821,13 +822,6 @@ def test_late_hub_and_lost_hub(stack, bridge, mimic_image, vo_server):
     b.wait_log(r"registered with the SAMP hub as", count=2)
 
     # and scenario 1 works again
-    stack.call_ok("ds9", "image.load.fits", {"url": mimic_image.as_uri(), "name": "rho Oph"})
-    tables = TopcatTables(stack, b)
-    with stack.connect_client("ds9-watcher", ["coord.pointAt.sky"]) as rec:
-        stack.ds9_send_point_at(*INSIDE)
-        sent = rec.wait_for("coord.pointAt.sky", sender=stack.peer_id("ds9"))
-    ra, dec = float(sent.params["ra"]), float(sent.params["dec"])
-    index = tables.wait("^" + re.escape(cone_title(ra, dec)) + "$")
-    assert topcat_names(stack, index) == cone_names(vo_server, ra, dec)
+    ds9_click_to_topcat(stack, b, mimic_image, vo_server)
     stats = b.stop()
     assert stats["queries"] == 1 and stats["errors"] == 0

@@ -1393,12 +1393,7 @@ class PeerStack:
         """Catalogs loaded in DS9 as (catvar, nrows, title); nrows -1 if unknown."""
         out = self.tmp / f"ds9_catinfo_{next(self._counter)}.txt"
         self.ds9_source_tcl(f"SampBridgeTestCatInfo {{{out}}}")
-        rows = []
-        for line in out.read_text().splitlines():
-            parts = _tcl_list(line)
-            if len(parts) >= 2:
-                rows.append((parts[0], int(parts[1]), parts[2] if len(parts) > 2 else ""))
-        return rows
+        return read_catinfo(out)
 
     def ds9_send_point_at(self, ra: float, dec: float, via: str = "tcl") -> None:
         """Make DS9 broadcast coord.pointAt.sky (a notification).
@@ -1467,6 +1462,16 @@ class PeerStack:
         if r.returncode != 0:
             raise PeerError(f"screenshot failed: {r.stderr.strip()}")
         return path
+
+
+def read_catinfo(path: Path) -> list[tuple[str, int, str]]:
+    """Parse the listing written by ``SampBridgeTestCatInfo``: (catvar, nrows, title)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        parts = _tcl_list(line)
+        if len(parts) >= 2:
+            rows.append((parts[0], int(parts[1]), parts[2] if len(parts) > 2 else ""))
+    return rows
 
 
 def _tcl_list(line: str) -> list[str]:
