@@ -94,6 +94,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http.connect_timeout", 10.0, _F, "Seconds to wait for a TCP connection.", _positive),
     Setting("http.read_timeout", 120.0, _F,
             "Seconds to wait for the server between two reads of a response.", _positive),
+    Setting("http.compress", "auto", str,
+            "Ask services for gzip-compressed responses: auto (remote hosts only, not "
+            "loopback), yes or no.", _choice("auto", "yes", "no")),
     Setting("http.retries", 2, int,
             "Retries of an idempotent request (GET) after a connection error or 502/503/504.",
             _range(0, 10)),

@@ -69,3 +69,26 @@ def test_size_cap_leaves_nothing(server, tmp_path):
     with pytest.raises(ResultTooLarge, match="over the cap of 1,000,000 bytes"):
         cone(server.url("/big"), max_bytes=1_000_000).query_to_file(1, 2, 0.1, tmp_path / "r")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("compress, url, gzip", [
+    ("auto", "http://127.0.0.1:{port}/ok", False),
+    ("auto", "http://localhost:{port}/ok", False),
+    ("yes", "http://127.0.0.1:{port}/ok", True),
+    ("no", "http://127.0.0.1:{port}/ok", False),
+])
+def test_compression_is_asked_for_remote_services_only(server, compress, url, gzip):
+    """gzip pays over a network; on loopback it only costs CPU at both ends."""
+    port = server.url("/").split(":")[2].split("/")[0]
+    with make_session(2.0, 2.0, compress).get(url.format(port=port)) as r:
+        sent = r.request.headers.get("Accept-Encoding", "")
+    assert ("gzip" in sent) is gzip, sent
+    assert make_session(1, 1, "auto")._wants_gzip("https://cda.cfa.harvard.edu/csc21tap/sync")
+
+
+def test_the_mimic_answers_uncompressed_when_asked(vo_server, tmp_path):
+    """The real DaCHS mimic honours Accept-Encoding: identity (what bench_tap measures)."""
+    with make_session(2.0, 30.0).get(vo_server + "/csc21tap/capabilities") as r:
+        assert r.ok and "Content-Encoding" not in r.headers
+    with make_session(2.0, 30.0, "yes").get(vo_server + "/csc21tap/capabilities") as r:
+        assert r.headers.get("Content-Encoding") == "gzip"

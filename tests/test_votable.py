@@ -84,3 +84,57 @@ def test_large_truncated_votable_is_an_error(tmp_path):
     p.write_bytes(_big_votable(60000)[:-5000])
     with pytest.raises(ServiceError, match="not a complete VOTable"):
         check_result(p)
+
+
+@pytest.mark.parametrize("prefix", ["", "vot"])
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 65536, 1 << 22])
+def test_stream_scan_counts_rows_whatever_the_chunks(tmp_path, prefix, chunk):
+    """The rows counted while the bytes stream by equal a full parse, for any chunking."""
+    from sampbridge.csc.votable import StreamScan
+
+    overflow = f'<{prefix + ":" if prefix else ""}INFO name="QUERY_STATUS" value="OVERFLOW"/>'
+    n = 2000 if chunk < 100 else 60000
+    body = _big_votable(n, prefix, overflow)
+    scan = StreamScan()
+    for i in range(0, len(body), chunk):
+        scan.feed(body[i:i + chunk])
+    got = scan.summary()
+    assert got is not None and scan.size == len(body)
+    assert (got.rows, got.status, got.columns) == (n, "OVERFLOW", ["name"])
+    p = tmp_path / "big.vot"
+    p.write_bytes(body)
+    parsed = summarize(p if len(body) > 1 << 20 else body)
+    assert (parsed.rows, parsed.status) == (got.rows, got.status)
+
+
+def test_stream_scan_used_by_check_result_skips_second_read(tmp_path, monkeypatch):
+    """With a scan that saw the whole file, check_result does not read the file again."""
+    from sampbridge.csc import votable
+
+    body = _big_votable(60000)
+    p = tmp_path / "big.vot"
+    p.write_bytes(body)
+    scan = votable.StreamScan()
+    for i in range(0, len(body), 65536):
+        scan.feed(body[i:i + 65536])
+    monkeypatch.setattr(votable, "_fast_summary",
+                        lambda path: pytest.fail("the file was read a second time"))
+    assert check_result(p, scan=scan).rows == 60000
+    short = votable.StreamScan()
+    short.feed(body[:-10])          # a scan that did not see it all is not trusted
+    monkeypatch.undo()
+    assert check_result(p, scan=short).rows == 60000
+
+
+def test_stream_scan_of_truncated_and_binary_bodies():
+    from sampbridge.csc.votable import StreamScan
+
+    scan = StreamScan()
+    scan.feed(_big_votable(60000)[:-5000])
+    with pytest.raises(ServiceError, match="not a complete VOTable"):
+        scan.summary()
+    binary = StreamScan()
+    binary.feed(b'<?xml version="1.0"?><VOTABLE><RESOURCE><TABLE><FIELD name="a" '
+                b'datatype="int"/><DATA><BINARY2><STREAM encoding="base64">AAAA</STREAM>'
+                b"</BINARY2></DATA></TABLE></RESOURCE></VOTABLE>")
+    assert binary.summary() is None      # left to the parser

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from .errors import CSCError, ResultTooLarge, ServiceError, ServiceTimeout, Serv
 __all__ = ["USER_AGENT", "TimeoutSession", "make_session", "download", "raise_for_http"]
 
 USER_AGENT = f"sampbridge/{__version__} (pyvo/{pyvo.__version__} astropy/{astropy.__version__})"
-_CHUNK = 1 << 16
+_CHUNK = 1 << 20
+_LOOPBACK = ("localhost", "::1")
 _RETRY_STATUS = {429, 502, 503, 504}
 
 
@@ -30,11 +31,17 @@ class TimeoutSession(requests.Session):
     ----------
     connect_timeout, read_timeout : float
         Seconds; used whenever a caller (pyvo included) passes no timeout of its own.
+    compress : {"auto", "yes", "no"}
+        Whether to ask for gzip-compressed responses.  ``auto`` asks remote services only: a
+        VOTable shrinks several times, which pays over a network, while on loopback the
+        compression costs both ends CPU and saves nothing.
     """
 
-    def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 120.0) -> None:
+    def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 120.0,
+                 compress: str = "auto") -> None:
         super().__init__()
         self.timeout = (connect_timeout, read_timeout)
+        self.compress = compress
         self.headers["User-Agent"] = USER_AGENT
         adapter = HTTPAdapter(pool_connections=8, pool_maxsize=32)
         self.mount("http://", adapter)
@@ -44,12 +51,22 @@ class TimeoutSession(requests.Session):
         """Send a request, adding the session's timeout when none is given."""
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
+        if not self._wants_gzip(url):
+            kwargs["headers"] = {"Accept-Encoding": "identity", **(kwargs.get("headers") or {})}
         return super().request(method, url, *args, **kwargs)
 
+    def _wants_gzip(self, url: str) -> bool:
+        if self.compress != "auto":
+            return self.compress == "yes"
+        from urllib.parse import urlsplit
+        host = (urlsplit(url).hostname or "").lower()
+        return not (host.startswith("127.") or host in _LOOPBACK)
 
-def make_session(connect_timeout: float = 10.0, read_timeout: float = 120.0) -> TimeoutSession:
+
+def make_session(connect_timeout: float = 10.0, read_timeout: float = 120.0,
+                 compress: str = "auto") -> TimeoutSession:
     """Return a new :class:`TimeoutSession`."""
-    return TimeoutSession(connect_timeout, read_timeout)
+    return TimeoutSession(connect_timeout, read_timeout, compress)
 
 
 def raise_for_http(resp: requests.Response, what: str) -> None:
@@ -121,11 +138,14 @@ def _short(exc: BaseException) -> str:
 
 def download(session: requests.Session, url: str, dest: Path, *, what: str,
              max_bytes: int, method: str = "GET", params: Mapping[str, Any] | None = None,
-             data: Any = None, retries: int = 0) -> int:
+             data: Any = None, retries: int = 0,
+             on_chunk: Callable[[bytes], None] | None = None) -> int:
     """Stream a response body to ``dest`` atomically; return the number of bytes written.
 
     The body goes to ``dest`` + ``.part`` and is renamed into place only when complete, so a
     reader never sees half a file.  A body over ``max_bytes`` is abandoned and removed.
+    ``on_chunk``, if given, sees every chunk as it is written (to check the body in the same
+    pass, see :class:`.votable.StreamScan`).
 
     Raises
     ------
@@ -154,6 +174,8 @@ def download(session: requests.Session, url: str, dest: Path, *, what: str,
                                              f"{max_bytes:,} bytes", url=resp.url,
                                              status=resp.status_code)
                     fh.write(chunk)
+                    if on_chunk is not None:
+                        on_chunk(chunk)
             os.replace(part, dest)
         except requests.exceptions.RequestException as exc:
             part.unlink(missing_ok=True)

@@ -17,7 +17,7 @@ from .._astropy import quiet_astropy
 from . import http
 from .errors import CSCError, QueryError, ServiceTimeout
 from .pyvo_errors import translated
-from .votable import VOTableSummary, check_result
+from .votable import StreamScan, VOTableSummary, check_result
 
 __all__ = ["TapResult", "TapCapabilities", "TapClient", "Cancelled"]
 
@@ -122,10 +122,12 @@ class TapClient:
         """Run ``adql`` on ``/sync`` and stream the VOTable to ``dest``."""
         t0 = time.perf_counter()
         url = self.url + "/sync"
+        scan = StreamScan()
         http.download(self.session, url, dest, what="TAP query", method="POST",
-                      data=self._params(adql, maxrec), max_bytes=self.max_bytes)
+                      data=self._params(adql, maxrec), max_bytes=self.max_bytes,
+                      on_chunk=scan.feed)
         try:
-            summary = check_result(dest, url, "TAP query")
+            summary = check_result(dest, url, "TAP query", scan)
         except Exception:
             dest.unlink(missing_ok=True)
             raise
@@ -167,10 +169,11 @@ class TapClient:
                 raise QueryError(f"TAP query ended in phase {phase}", url=job_url)
             with translated("TAP query", job_url):
                 result_url = job.result_uri
+            scan = StreamScan()
             http.download(self.session, result_url, dest, what="TAP result download",
-                          max_bytes=self.max_bytes, retries=2)
+                          max_bytes=self.max_bytes, retries=2, on_chunk=scan.feed)
             try:
-                summary = check_result(dest, result_url, "TAP query")
+                summary = check_result(dest, result_url, "TAP query", scan)
             except Exception:
                 dest.unlink(missing_ok=True)
                 raise

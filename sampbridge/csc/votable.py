@@ -11,7 +11,7 @@ from pathlib import Path
 from .._astropy import quiet_astropy
 from .errors import QueryError, ServiceError
 
-__all__ = ["VOTableSummary", "summarize", "check_result"]
+__all__ = ["VOTableSummary", "StreamScan", "summarize", "check_result"]
 
 
 @dataclass
@@ -55,52 +55,105 @@ _ATTR = re.compile(rb'([A-Za-z_:][\w.:-]*)\s*=\s*(?:"([^"]*)"|\'([^\']*)\')')
 _FIELD_NAME = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?FIELD\b[^>]*?\bname\s*=\s*[\"']([^\"']*)")
 
 
-def _fast_summary(path: Path) -> VOTableSummary | None:
-    """Summarize a large TABLEDATA VOTable by scanning its bytes; ``None`` if it cannot.
+class StreamScan:
+    """Watch a VOTable's bytes go by once: keep its first and last 64 kB and count its rows.
 
-    The status and messages come from the INFO elements in the first and last 64 kB (where
-    TAP services put QUERY_STATUS, before the table and after it for OVERFLOW); the rows are
-    the ``<TR`` tags counted in one pass.  In TABLEDATA, ``<`` inside cell text is escaped,
-    so every ``<TR`` is a row.
+    Fed chunk by chunk while a result streams to disk (see :func:`..http.download`), it lets
+    a large TABLEDATA result be summarized without reading the file a second time.  In
+    TABLEDATA, ``<`` inside cell text is escaped, so every ``<TR`` tag is a row.
     """
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(_EDGE)
-        fh.seek(max(0, size - _EDGE))
-        tail = fh.read()
-    m = _ROOT.search(head)
-    if m is None:
-        return None                      # let the parser say what it is
-    if b"<BINARY" in head or b":BINARY" in head or b"TABLEDATA" not in head:
-        return None
-    prefix = (m.group(1) + b":") if m.group(1) else b""
-    if not re.search(rb"</" + re.escape(prefix) + rb"VOTABLE\s*>\s*$", tail):
-        raise ServiceError("the service sent a body that is not a complete VOTable "
-                           "(it ends before </VOTABLE>)")
-    status, message = "OK", ""
-    for region in (head, tail):
-        for im in _INFO.finditer(region):
-            attrs = {k.decode(): (a or b).decode("utf-8", "replace")
-                     for k, a, b in _ATTR.findall(im.group(1))}
-            name = (attrs.get("name") or attrs.get("ID") or "").upper()
-            text = (im.group(3) or b"").decode("utf-8", "replace").strip()
-            if name == "QUERY_STATUS":
-                status = attrs.get("value", "OK").upper() or "OK"
-                if status != "OK":
-                    message = text or message
-            elif name == "ERROR":
-                status, message = "ERROR", attrs.get("value") or text
-    tags = (b"<" + prefix + b"TR>", b"<" + prefix + b"TR ")
-    rows, carry = 0, b""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.head = b""
+        self._tail = bytearray()
+        self.rows = 0
+        self._tags: tuple[bytes, bytes] | None = None
+        self._carry = b""
+        self._pending: list[bytes] = []
+
+    @property
+    def tail(self) -> bytes:
+        """The last 64 kB seen."""
+        return bytes(self._tail)
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next chunk of the body."""
+        if not chunk:
+            return
+        self.size += len(chunk)
+        if len(self.head) < _EDGE:
+            self.head += chunk[:_EDGE - len(self.head)]
+        self._tail += chunk
+        if len(self._tail) > 2 * _EDGE:
+            del self._tail[:-_EDGE]
+        if self._tags is None:
+            self._pending.append(chunk)
+            m = _ROOT.search(self.head)
+            if m is None and len(self.head) < _EDGE:
+                return                   # the root tag is not in yet: decide later
+            prefix = (m.group(1) + b":") if m and m.group(1) else b""
+            self._tags = (b"<" + prefix + b"TR>", b"<" + prefix + b"TR ")
+            pending, self._pending = self._pending, []
+            for c in pending:
+                self._count(c)
+            return
+        self._count(chunk)
+
+    def _count(self, chunk: bytes) -> None:
+        tags = self._tags
+        assert tags is not None
+        buf = self._carry + chunk if self._carry else chunk
+        self.rows += buf.count(tags[0]) + buf.count(tags[1])
+        # keep a tag's length minus one: a tag cut at the boundary is whole (and counted)
+        # in the next buffer only, and no whole tag fits in what is kept
+        self._carry = buf[-(len(tags[0]) - 1):]
+
+    def summary(self) -> VOTableSummary | None:
+        """Return the summary of a complete TABLEDATA VOTable, or ``None`` if the bytes cannot tell.
+
+        The status and messages come from the INFO elements in the first and last 64 kB (where
+        TAP services put QUERY_STATUS, before the table and after it for OVERFLOW).
+
+        Raises
+        ------
+        ServiceError
+            If the body is a VOTable that stops before ``</VOTABLE>``.
+        """
+        head, tail = self.head, self.tail[-_EDGE:]
+        m = _ROOT.search(head)
+        if m is None or self._pending:
+            return None                      # let the parser say what it is
+        if b"<BINARY" in head or b":BINARY" in head or b"TABLEDATA" not in head:
+            return None
+        prefix = (m.group(1) + b":") if m.group(1) else b""
+        if not re.search(rb"</" + re.escape(prefix) + rb"VOTABLE\s*>\s*$", tail):
+            raise ServiceError("the service sent a body that is not a complete VOTable "
+                               "(it ends before </VOTABLE>)")
+        status, message = "OK", ""
+        for region in (head, tail):
+            for im in _INFO.finditer(region):
+                attrs = {k.decode(): (a or b).decode("utf-8", "replace")
+                         for k, a, b in _ATTR.findall(im.group(1))}
+                name = (attrs.get("name") or attrs.get("ID") or "").upper()
+                text = (im.group(3) or b"").decode("utf-8", "replace").strip()
+                if name == "QUERY_STATUS":
+                    status = attrs.get("value", "OK").upper() or "OK"
+                    if status != "OK":
+                        message = text or message
+                elif name == "ERROR":
+                    status, message = "ERROR", attrs.get("value") or text
+        columns = [n.decode("utf-8", "replace") for n in _FIELD_NAME.findall(head)]
+        return VOTableSummary(status, message, self.rows, columns)
+
+
+def _fast_summary(path: Path) -> VOTableSummary | None:
+    """Summarize a large TABLEDATA VOTable on disk by one pass over its bytes."""
+    scan = StreamScan()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 22):
-            buf = carry + chunk
-            rows += sum(buf.count(t) for t in tags)
-            # keep a tag's length minus one: a tag cut at the boundary is whole (and counted)
-            # in the next buffer only, and no whole tag fits in what is kept
-            carry = buf[-(len(tags[0]) - 1):]
-    columns = [n.decode("utf-8", "replace") for n in _FIELD_NAME.findall(head)]
-    return VOTableSummary(status, message, rows, columns)
+            scan.feed(chunk)
+    return scan.summary()
 
 
 def check_body(body: bytes, url: str | None = None, what: str = "query") -> None:
@@ -128,8 +181,11 @@ def check_body(body: bytes, url: str | None = None, what: str = "query") -> None
                              attrs.get("value") else (text or "QUERY_STATUS=ERROR"))
 
 
-def summarize(path: Path | bytes) -> VOTableSummary:
+def summarize(path: Path | bytes, scan: StreamScan | None = None) -> VOTableSummary:
     """Scan ``path`` (a file, or a body held in memory) and return its :class:`VOTableSummary`.
+
+    ``scan``, when given, is the :class:`StreamScan` that watched ``path`` being written: a
+    large TABLEDATA file is then summarized from it, without reading the file again.
 
     TABLEDATA rows are counted as they stream past; BINARY and BINARY2 streams are
     counted by decoding one column with astropy.
@@ -143,7 +199,8 @@ def summarize(path: Path | bytes) -> VOTableSummary:
     if size == 0:
         raise ServiceError("the service sent an empty body, not a VOTable")
     if not isinstance(path, bytes) and size > FAST_SCAN_BYTES:
-        fast = _fast_summary(path)
+        fast = scan.summary() if scan is not None and scan.size == size \
+            else _fast_summary(path)
         if fast is not None:
             return fast
     source = io.BytesIO(path) if isinstance(path, bytes) else str(path)
@@ -209,10 +266,14 @@ def _count_binary(path: Path | bytes) -> int:
     return 0
 
 
-def check_result(path: Path | bytes, url: str | None = None, what: str = "query") -> VOTableSummary:
-    """Summarize a result file and raise :class:`QueryError` if the service reported an error."""
+def check_result(path: Path | bytes, url: str | None = None, what: str = "query",
+                 scan: StreamScan | None = None) -> VOTableSummary:
+    """Summarize a result file and raise :class:`QueryError` if the service reported an error.
+
+    ``scan`` is the :class:`StreamScan` fed while the file was downloaded, if any.
+    """
     try:
-        summary = summarize(path)
+        summary = summarize(path, scan)
     except ServiceError as exc:
         exc.url = exc.url or url
         exc.message = f"{what}: {exc.message}"
