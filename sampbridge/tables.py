@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ from .csc import http
 from .csc.errors import CSCError
 from .csc.siap import safe_name
 from .model import RequestError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TableError", "fetch_table", "read_table", "find_position_columns", "positions",
            "Positions", "RA_NAMES", "DEC_NAMES"]
@@ -100,13 +104,25 @@ def fetch_table(url: str, dest_dir: Path, session, *, max_bytes: int,
     if not allow_remote and not _is_loopback(parts.hostname or ""):
         raise TableError(f"refusing to fetch a table from {parts.hostname}: only this machine "
                          "(127.0.0.1, localhost) is allowed unless tables.allow_remote is true")
-    try:
-        http.download(session, url, dest, what="table download", max_bytes=max_bytes)
-    except CSCError as exc:
-        if exc.status == 404:
-            raise TableError(f"the table URL {url} does not exist (HTTP 404)") from None
-        raise TableError(f"cannot fetch the table: {exc}") from None
-    return dest
+    # a peer's built-in HTTP server (STILTS, TOPCAT) once answered 200 with an empty body
+    # under load; no table is empty, so an empty body is fetched again, a few times
+    for attempt, pause in enumerate((0.2, 0.5, None)):
+        try:
+            size = http.download(session, url, dest, what="table download",
+                                 max_bytes=max_bytes, retries=2)
+        except CSCError as exc:
+            if exc.status == 404:
+                raise TableError(f"the table URL {url} does not exist (HTTP 404)") from None
+            raise TableError(f"cannot fetch the table: {exc}") from None
+        if size > 0:
+            return dest
+        dest.unlink(missing_ok=True)
+        if pause is None:
+            break
+        log.info("the table at %s came empty (attempt %d); fetching it again", url,
+                 attempt + 1)
+        time.sleep(pause)
+    raise TableError(f"the table URL {url} gave an empty body, 3 times")
 
 
 def read_table(path: Path, max_rows: int) -> Table:

@@ -48,6 +48,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(429, b"slow down", "text/plain", {"Retry-After": "1"})
             else:
                 self._send(200, good)
+        elif path in ("/empty-then-ok.vot", "/empty.vot"):
+            # a peer's built-in HTTP server that once sent 200 with no body, under load
+            self._send(200, b"" if n == 1 or path == "/empty.vot" else good)
         elif path == "/html":
             self._send(200, b"<html><body><h1>Maintenance</h1></body></html>", "text/html")
         elif path == "/truncated":

@@ -19,6 +19,8 @@ from sampbridge.tables import (
     url_to_path,
 )
 
+from faulty_server import FaultyServer
+
 
 @pytest.mark.parametrize("url", ["file:/x/y.vot", "file:///x/y.vot", "file://localhost/x/y.vot",
                                  "file://localhost//x/y.vot"])
@@ -40,6 +42,19 @@ def test_other_hosts_and_schemes_are_refused(tmp_path):
     big.write_bytes(b"x" * 100)
     with pytest.raises(TableError, match="over the cap of 10 bytes"):
         fetch_table(big.as_uri(), tmp_path, s, max_bytes=10)
+
+
+def test_an_empty_table_body_is_fetched_again(tmp_path):
+    """A peer's HTTP server that answers 200 with no body once: the second try gets it."""
+    with FaultyServer() as server:
+        s = make_session(2, 2)
+        got = fetch_table(server.url("/empty-then-ok.vot"), tmp_path, s, max_bytes=1 << 20)
+        assert got.stat().st_size > 1000 and len(read_table(got, 1000)) == 109
+        assert server.hits["/empty-then-ok.vot"] == 2
+        with pytest.raises(TableError, match="gave an empty body, 3 times"):
+            fetch_table(server.url("/empty.vot"), tmp_path, s, max_bytes=1 << 20)
+        assert server.hits["/empty.vot"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [got.name]   # no empty leftovers
 
 
 def test_columns_by_ucd_before_names():
