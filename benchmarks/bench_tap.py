@@ -104,8 +104,15 @@ def main(argv: list[str] | None = None) -> str:
     base = baseline_rss()
     rows = []
     for n in sizes:
-        t_curl = statistics.median(run_curl(n, tmp / "curl.vot") for _ in range(args.repeat))
-        sb = [run_sampbridge(n, tmp / "sb.vot", cfgfile) for _ in range(args.repeat)]
+        # curl and sampbridge alternate, so that a drift of the server (its caches, the
+        # machine's other load) weighs on both alike
+        curl_runs, sb = [], []
+        for _ in range(args.repeat):
+            curl_runs.append(run_curl(n, tmp / "curl.vot"))
+            sb.append(run_sampbridge(n, tmp / "sb.vot", cfgfile))
+        print(f"{n} rows: curl {[round(t, 3) for t in curl_runs]} s, sampbridge "
+              f"{[round(r['seconds'], 3) for r in sb]} s", file=sys.stderr)
+        t_curl = statistics.median(curl_runs)
         t_sb = statistics.median(r["seconds"] for r in sb)
         rss_sb = max(r["maxrss_kb"] for r in sb)
         py = run_pyvo(n)
