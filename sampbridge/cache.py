@@ -1,4 +1,4 @@
-"""A small on-disk cache of query results, keyed by the normalised query, with a TTL.
+"""A small on-disk cache of query results and images, keyed by the normalised query, with a TTL.
 
 Entries are hard links to result files, so a hit costs one ``link`` and no copy.  No SAMP here.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ResultCache", "CacheHit", "cone_key", "tap_key"]
+__all__ = ["ResultCache", "CacheHit", "cone_key", "image_key", "tap_key"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,11 @@ def cone_key(service: str, ra: float, dec: float, radius: float, verb: int,
     step = precision_arcsec / 3600.0
     return json.dumps(["cone", service, _quantize(ra % 360.0, step), _quantize(dec, step),
                        round(radius, 9), int(verb)])
+
+
+def image_key(url: str) -> str:
+    """Key of an image file: its access URL (a CSC image at one URL does not change)."""
+    return json.dumps(["image", url])
 
 
 def tap_key(service: str, adql: str, maxrec: int | None, mode: str) -> str:

@@ -116,6 +116,9 @@ SETTINGS: tuple[Setting, ...] = (
             _range(0, 20)),
     Setting("images.max_bytes", 100_000_000, int,
             "Size cap for one downloaded image, in bytes; larger images are skipped.", _positive),
+    Setting("images.skip_repeat", True, bool,
+            "On a sky click, do not send again the image the previous click sent (the viewer "
+            "would reload it and lose its pan, zoom and scale, or stack a copy)."),
     Setting("images.prefer_band", "b", str,
             "Energy band preferred among the images found (b, h, m, s, u, w); '' for none."),
     Setting("tap.mode", "async", str,
@@ -134,7 +137,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Folder for result files (created private, 0700). Empty: "
             "$XDG_DATA_HOME/sampbridge/results."),
     Setting("cache.enabled", True, bool,
-            "Answer a repeated cone or TAP query from the on-disk cache (results.dir/cache)."),
+            "Answer a repeated cone or TAP query, and an image already downloaded, from the "
+            "on-disk cache (results.dir/cache)."),
     Setting("cache.ttl", 3600.0, _F, "Seconds a cached result stays valid.", _positive),
     Setting("cache.precision", 1.0, _F,
             "Arcsec: cone positions closer than this share a cache entry.", _range(0.0, 3600.0)),
@@ -155,6 +159,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hub.call_timeout", 20.0, _F,
             "Seconds to wait for a peer's reply to a call (table.load.votable, image.load.fits).",
             _positive),
+    Setting("hub.send_wait", 5.0, _F,
+            "Seconds a delivery waits for the recipients' replies before going on (a later "
+            "reply, up to hub.call_timeout, is still logged).", _positive),
     Setting("pointat.enabled", True, bool, "Run a cone when a peer sends coord.pointAt.sky."),
     Setting("pointat.quiet", 0.3, _F,
             "Coalescing: run once no new position came for this many seconds.", _nonneg),
@@ -167,6 +174,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("echo.radius", 5.0, _F,
             "Arcsec: a pointAt this close to a just-delivered position or image centre is an echo.",
             _nonneg),
+    Setting("tables.tabledata_for", ["ds9", "saoimageds9"], list,
+            "Table recipients sent a TABLEDATA copy of BINARY results (DS9 8.4 shows a BINARY "
+            "VOTable as an empty catalog)."),
     Setting("tables.subscribe", True, bool,
             "Subscribe to table.load.votable/fits and match every table received (SAMP cannot "
             "tell a broadcast from a direct send; see docs/tables.md)."),

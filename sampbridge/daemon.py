@@ -6,6 +6,7 @@ side (:mod:`sampbridge.engine`).
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import threading
@@ -20,11 +21,11 @@ from typing import Any
 from . import __version__
 from .config import Config
 from .csc.errors import CSCError
-from .engine import Engine, ImageResult, MatchResult, TableResult
+from .engine import Engine, ImageResult, MatchResult, TableResult, tabledata_copy
 from .flow import Coalescer, EchoGuard
 from .folder import FileOutcome, QueryFolder
 from .model import ConeRequest, RequestError, SiapRequest, TapRequest, parse_position
-from .samp.connection import HubConnection, Message
+from .samp.connection import Delivery, HubConnection, Message
 from .tables import KnownTable, KnownTables, TableError, fetch_table
 
 __all__ = ["Daemon", "MTYPE_CONE", "MTYPE_SIAP", "MTYPE_TAP", "MTYPE_MATCH"]
@@ -59,6 +60,13 @@ DESCRIPTION = ("Chandra Source Catalog bridge: click a position in DS9, Aladin o
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
+
+
+def _recipients(outcomes: list[Delivery]) -> str:
+    """Who took a result, for the log: replied ones, then those with no reply yet."""
+    names = [d.client_name for d in outcomes if d.ok]
+    names += [f"{d.client_name} (no reply yet)" for d in outcomes if d.pending]
+    return ", ".join(names)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -119,12 +127,14 @@ class Daemon:
         self.conn = HubConnection("sampbridge", DESCRIPTION, __version__, handlers,
                                   mode=cfg["hub.mode"], ping_interval=cfg["hub.ping_interval"],
                                   call_timeout=cfg["hub.call_timeout"],
+                                  send_wait=cfg["hub.send_wait"],
                                   on_connect=self._flush_backlog,
                                   on_subscriptions=self._flush_backlog)
         self._backlog: deque[tuple[TableResult | ImageResult, list[str] | None, str, float]] \
             = deque(maxlen=cfg["hub.backlog"] or None)
         self._backlog_lock = threading.Lock()
         self.folder: QueryFolder | None = None
+        self._last_images: set[str] = set()    # image URLs sent by the last sky click
         if cfg["folder.enabled"]:
             self.folder = QueryFolder(
                 Path(os.path.expandvars(cfg["folder.dir"])).expanduser(), self.engine,
@@ -219,11 +229,24 @@ class Daemon:
         if table is not None:
             self._deliver_table(table, sender)
         if img is not None:
-            self._deliver_images(img, sender)
+            fresh = self._drop_repeated_images(img)
+            if (fresh.images or fresh.skipped) and self._deliver_images(fresh, sender):
+                self._last_images = {i.url for i in img.images}
         self.last_latency = time.perf_counter() - received
         self.points_done += 1
         log.debug("pointAt %.5f %+.5f: message to delivery %s", ra, dec,
                   _ms(self.last_latency))
+
+    def _drop_repeated_images(self, img: ImageResult) -> ImageResult:
+        """Leave out the images the last delivered sky click sent (``images.skip_repeat``)."""
+        if not self.cfg["images.skip_repeat"]:
+            return img
+        last = self._last_images
+        repeated = [i for i in img.images if i.url in last]
+        for i in repeated:
+            log.info("image %s was sent with the previous click; not sent again",
+                     i.title or i.url)
+        return replace(img, images=[i for i in img.images if i.url not in last])
 
     # -- delivery -----------------------------------------------------------------------
     def _keep_for_later(self, res: TableResult | ImageResult, patterns: list[str] | None,
@@ -289,23 +312,38 @@ class Daemon:
         if self._keep_for_later(res, patterns, origin):
             return []
         outcomes = self.conn.send("table.load.votable", params,
-                                  patterns or self.cfg["send_tables_to"])
+                                  patterns or self.cfg["send_tables_to"],
+                                  self._table_params_for(res, params))
         if not outcomes and not self.conn.check_alive():
             self._keep_for_later(res, patterns, origin)
             return []
         sent = [d.client_name for d in outcomes if d.ok]
         for d in outcomes:
-            if not d.ok:
+            if not d.ok and not d.pending:
                 log.warning("table.load.votable to %s failed: %s", d.client_name, d.error)
         self.stats["delivered"] += bool(sent)
         log.info("%s for %s: %d rows%s in %s -> %s", res.what, origin, res.rows,
                  " (truncated at MAXREC)" if res.overflow else "", _ms(res.seconds),
-                 ", ".join(sent) or f"nobody (kept at {res.path})")
+                 _recipients(outcomes) or f"nobody (kept at {res.path})")
         return sent
+
+    def _table_params_for(self, res: TableResult, params: dict[str, str]
+                          ) -> Callable[[str], dict[str, str]]:
+        """Per recipient: the TABLEDATA copy for those in ``tables.tabledata_for``."""
+        pats = [p.lower() for p in self.cfg["tables.tabledata_for"]]
+
+        def params_for(name: str) -> dict[str, str]:
+            if not any(fnmatch.fnmatchcase(name.lower(), p) for p in pats):
+                return params
+            copy = tabledata_copy(res.path)
+            return {**params, "url": copy.resolve().as_uri()}
+
+        return params_for
 
     def _deliver_images(self, res: ImageResult, origin: str,
                         patterns: list[str] | None = None) -> list[str]:
         sent: list[str] = []
+        waiting: list[str] = []
         if self._keep_for_later(res, patterns, origin):
             return sent
         for skipped in res.skipped:
@@ -319,11 +357,15 @@ class Daemon:
                 self._keep_for_later(res, patterns, origin)
                 return sent
             for d in outcomes:
-                if not d.ok:
+                if not d.ok and not d.pending:
                     log.warning("image.load.fits to %s failed: %s", d.client_name, d.error)
             sent += [d.client_name for d in outcomes if d.ok]
+            waiting += [d.client_name for d in outcomes if d.pending]
         log.info("%s for %s: %d found, %d downloaded in %s -> %s", res.what, origin, res.found,
-                 len(res.images), _ms(res.seconds), ", ".join(sorted(set(sent))) or "nobody")
+                 len(res.images), _ms(res.seconds),
+                 ", ".join(sorted(set(sent)) + [f"{n} (no reply yet)"
+                                                for n in sorted(set(waiting) - set(sent))])
+                 or "nobody")
         return sent
 
     # -- custom MTypes ------------------------------------------------------------------

@@ -19,7 +19,7 @@ import numpy as np
 from astropy.table import Table
 
 from ._astropy import quiet_astropy
-from .cache import ResultCache, cone_key, tap_key
+from .cache import ResultCache, cone_key, image_key, tap_key
 from .config import Config
 from .csc import http
 from .csc.adql import cone_query
@@ -62,6 +62,37 @@ def _write_votable(table: Table, dest: Path, name: str) -> None:
         os.replace(part, dest)
     finally:
         part.unlink(missing_ok=True)
+
+
+def tabledata_copy(path: Path) -> Path:
+    """Return a TABLEDATA version of the VOTable at ``path``: itself, or a copy beside it.
+
+    Some table viewers (DS9 8.4) load a BINARY VOTable as an empty catalog.  The copy keeps
+    the document as it is (INFO, FIELD units and UCDs) and only re-encodes the table data;
+    it is written once, atomically, as ``<stem>.tabledata.vot``.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if b"BINARY" not in head:
+        return path
+    dest = path.with_name(path.stem + ".tabledata.vot")
+    if dest.exists() and dest.stat().st_mtime >= path.stat().st_mtime:
+        return dest
+    part = dest.with_name(dest.name + f".{threading.get_ident()}.part")
+    try:
+        with quiet_astropy():
+            from astropy.io.votable import parse
+
+            vot = parse(str(path), verify="ignore")
+            for table in vot.iter_tables():
+                table.format = "tabledata"
+            with open(part, "wb") as fh:
+                # the Python writer: see _write_votable
+                vot.to_xml(fh, tabledata_format="tabledata", _debug_python_based_parser=True)
+        os.replace(part, dest)
+    finally:
+        part.unlink(missing_ok=True)
+    return dest
 
 
 def ensure_private_dir(path: Path) -> Path:
@@ -209,11 +240,26 @@ class Engine:
         dest_dir = ensure_private_dir(dest_dir) if dest_dir else self.results_dir
         if prefix is None:
             prefix = "" if dest_dir != self.results_dir else f"img_{uuid.uuid4().hex[:6]}_"
+        cache = self.cache
+
+        def reuse(img: ImageInfo, dest: Path) -> bool:
+            hit = cache.get(image_key(img.url)) if cache is not None else None
+            if hit is None:
+                return False
+            cache.materialize(hit, dest)
+            return True
+
+        def keep(img: ImageInfo, path: Path) -> None:
+            if cache is not None:
+                cache.put(image_key(img.url), path, what=img.title)
+
         res = self.siap.query_to_dir(
             req.ra, req.dec, req.size, dest_dir, fmt=self.cfg["images.format"],
             count=self.cfg["images.max_count"] if count is None else count,
-            prefer_band=self.cfg["images.prefer_band"], prefix=prefix)
-        what = f"images {req.ra:.5f} {req.dec:+.5f} size={req.size:g}"
+            prefer_band=self.cfg["images.prefer_band"], prefix=prefix, reuse=reuse, keep=keep)
+        reused = sum(i.reused for i in res.downloaded)
+        what = f"images {req.ra:.5f} {req.dec:+.5f} size={req.size:g}" + \
+            (f" ({reused} from the cache)" if reused else "")
         return ImageResult(res.downloaded, len(res.found), res.seconds, what, res.skipped)
 
     def run_tap(self, req: TapRequest, dest: Path | None = None, *,

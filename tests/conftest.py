@@ -112,11 +112,13 @@ def hub(samp_home: Path) -> Iterator[psamp.SAMPHubServer]:
 class RecordingPeer:
     """A real SAMP client standing in for a viewer: it records what it receives and replies."""
 
-    def __init__(self, name: str, mtypes: list[str], fail: bool = False) -> None:
+    def __init__(self, name: str, mtypes: list[str], fail: bool = False,
+                 silent: bool = False) -> None:
         self.name = name
         self.received: list[tuple[str, dict, str]] = []
         self.lock = threading.Lock()
         self.fail = fail
+        self.silent = silent            # never replies to calls (as Aladin 12 at first)
         self.client = psamp.SAMPIntegratedClient(name=name, addr="127.0.0.1")
         # pyvo's default pool of 20 hub connections would let 20+ blocked call_and_wait
         # threads starve this client's own replies
@@ -129,6 +131,8 @@ class RecordingPeer:
     def _on_call(self, private_key, sender_id, msg_id, mtype, params, extra):  # noqa: ANN001
         with self.lock:
             self.received.append((mtype, dict(params), sender_id))
+        if self.silent:
+            return
         if self.fail:
             self.client.ereply(msg_id, "samp.error", error={"samp.errortxt": "peer refuses"})
         else:
@@ -176,9 +180,10 @@ class RecordingPeer:
 def make_peer(hub) -> Iterator[Callable[..., RecordingPeer]]:  # noqa: ANN001
     peers: list[RecordingPeer] = []
 
-    def make(name: str = "topcat", mtypes: list[str] | None = None, fail: bool = False
-             ) -> RecordingPeer:
-        p = RecordingPeer(name, mtypes or ["table.load.votable", "image.load.fits"], fail)
+    def make(name: str = "topcat", mtypes: list[str] | None = None, fail: bool = False,
+             silent: bool = False) -> RecordingPeer:
+        p = RecordingPeer(name, mtypes or ["table.load.votable", "image.load.fits"], fail,
+                          silent)
         peers.append(p)
         return p
 

@@ -3,10 +3,12 @@ and the real local CSC mimic."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -14,6 +16,7 @@ from urllib.request import url2pathname
 
 import pytest
 from astropy.io import fits
+from astropy.io.votable import parse_single_table
 from astropy.wcs import WCS
 
 from conftest import local_config, wait_for
@@ -66,6 +69,30 @@ def test_point_at_sends_the_cone_table_to_topcat_and_fits_to_ds9(cfg, make_daemo
     assert ds9.of("table.load.votable") == []   # tables go to send_tables_to only
 
 
+def test_ds9_gets_a_tabledata_copy_of_a_binary_cone_table(no_images, make_daemon, make_peer,
+                                                          vo_server):
+    """DS9 8.4 shows BINARY VOTables as empty catalogs: it is sent a TABLEDATA copy."""
+    cfg = no_images.replace(**{"send_tables_to": ["topcat", "saoimageds9"]})
+    make_daemon(cfg)
+    topcat = make_peer("topcat", ["table.load.votable"])
+    ds9 = make_peer("SAOImageDS9", ["table.load.votable"])
+    topcat.notify(topcat.find("sampbridge"), "coord.pointAt.sky", RHO)
+    (tab,) = topcat.wait_for("table.load.votable")
+    (cat,) = ds9.wait_for("table.load.votable")
+    original, copy = path_of(tab["url"]), path_of(cat["url"])
+    assert b"<BINARY" in original.read_bytes()[:1 << 16]      # what the mimic answers
+    assert copy != original and b"<TABLEDATA>" in copy.read_bytes()
+    assert b"<BINARY" not in copy.read_bytes()
+    assert (cat["name"], cat["table-id"]) == (tab["name"], tab["table-id"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        va, vb = (parse_single_table(str(p)) for p in (original, copy))
+    a, b = va.to_table(), vb.to_table()
+    assert a.colnames == b.colnames and len(a) == len(b) > 10
+    assert list(a["name"]) == list(b["name"])
+    assert [(f.unit, f.ucd) for f in va.fields] == [(f.unit, f.ucd) for f in vb.fields]
+
+
 def test_table_ids_are_unique_and_results_persist(no_images, make_daemon, make_peer):
     make_daemon(no_images)
     topcat = make_peer("topcat", ["table.load.votable"])
@@ -114,7 +141,8 @@ def test_flood_of_point_at_is_coalesced(no_images, make_daemon, make_peer):
     assert d.stats["queries"] <= 6
 
 
-def test_echo_after_an_image_load_starts_no_query(cfg, make_daemon, make_peer):
+def _ds9_click(cfg, make_daemon, make_peer):  # noqa: ANN001, ANN202
+    """A daemon, TOPCAT and DS9 stand-ins, and a click in DS9 at RHO: its image delivered."""
     d = make_daemon(cfg)
     topcat = make_peer("topcat", ["table.load.votable"])
     ds9 = make_peer("SAOImageDS9", ["image.load.fits"])
@@ -122,6 +150,11 @@ def test_echo_after_an_image_load_starts_no_query(cfg, make_daemon, make_peer):
     ds9.notify(sid, "coord.pointAt.sky", RHO)
     (img,) = ds9.wait_for("image.load.fits")
     topcat.wait_for("table.load.votable")
+    return d, topcat, ds9, sid, img
+
+
+def test_echo_after_an_image_load_starts_no_query(cfg, make_daemon, make_peer):
+    d, topcat, ds9, sid, img = _ds9_click(cfg, make_daemon, make_peer)
     # what DS9 does next: it pans to the image and broadcasts its centre, then the position
     with fits.open(path_of(img["url"])) as hdul, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -137,6 +170,30 @@ def test_echo_after_an_image_load_starts_no_query(cfg, make_daemon, make_peer):
     # a genuinely new click still works
     ds9.notify(sid, "coord.pointAt.sky", {"ra": "246.70", "dec": "-24.30"})
     topcat.wait_for("table.load.votable", 2)
+
+
+@pytest.mark.parametrize("skip_repeat", [True, False])
+def test_a_second_click_in_the_same_field_does_not_reload_the_image(cfg, make_daemon,
+                                                                    make_peer, caplog,
+                                                                    skip_repeat):
+    """DS9 would reload the same image and lose the user's pan, zoom and scale."""
+    caplog.set_level(logging.INFO, logger="sampbridge")
+    d, topcat, ds9, sid, first = _ds9_click(cfg.replace(**{"images.skip_repeat": skip_repeat}),
+                                            make_daemon, make_peer)
+    # another source in the same field: a new table, and the same image
+    ds9.notify(sid, "coord.pointAt.sky", {"ra": "246.8000", "dec": "-24.3100"})
+    wait_for(lambda: len(topcat.of("table.load.votable")) == 2, 20, what="the second table")
+    wait_for(lambda: d.points_done == 2, 20, what="the second click to finish")
+    if skip_repeat:
+        assert "was sent with the previous click; not sent again" in caplog.text
+        assert len(ds9.of("image.load.fits")) == 1
+    else:
+        (_, again) = wait_for(lambda: (i := ds9.of("image.load.fits")) and len(i) == 2 and i,
+                              10, what="the image sent again")
+        assert again["name"] == first["name"] and again["url"] != first["url"]
+        # ... from the cache: the same file on disk, not a second download
+        assert path_of(again["url"]).stat().st_ino == path_of(first["url"]).stat().st_ino
+        assert "(1 from the cache)" in caplog.text
 
 
 def test_custom_cone_mtype_replies_with_the_result(no_images, make_daemon, make_peer, vo_server):
@@ -232,6 +289,30 @@ def test_peer_that_refuses_a_table_is_logged_not_fatal(no_images, make_daemon, m
     resp = topcat.call(sid, "x-sampbridge.query.cone", RHO)
     assert resp["samp.status"] == "samp.ok" and resp["samp.result"].get("sent-to") in (None, [])
     assert d.conn.connected
+
+
+def test_a_silent_recipient_does_not_hold_up_the_delivery(no_images, make_daemon, make_peer,
+                                                          caplog):
+    """A viewer that never replies (Aladin 12's first table) costs hub.send_wait, not more."""
+    caplog.set_level(logging.INFO, logger="sampbridge")
+    cfg = no_images.replace(**{"send_tables_to": ["topcat", "aladin"], "hub.send_wait": 0.5,
+                               "hub.call_timeout": 3.0})
+    d = make_daemon(cfg)
+    topcat = make_peer("topcat", ["table.load.votable"])
+    aladin = make_peer("Aladin", ["table.load.votable"], silent=True)
+    sid = topcat.find("sampbridge")
+    t0 = time.monotonic()
+    resp = topcat.call(sid, "x-sampbridge.query.cone", RHO)
+    took = time.monotonic() - t0
+    assert resp["samp.status"] == "samp.ok", resp
+    assert resp["samp.result"]["sent-to"] == ["topcat"]
+    assert took < 3.0, f"the reply waited {took:.1f} s for the silent peer"
+    assert topcat.of("table.load.votable") and aladin.of("table.load.votable")
+    wait_for(lambda: "Aladin (no reply yet)" in caplog.text, 5, what="the pending log line")
+    # the call times out later (hub.call_timeout), and that is logged too
+    wait_for(lambda: "table.load.votable to Aladin failed" in caplog.text, 10,
+             what="the late failure")
+    assert d.conn.connected and d.stats["delivered"] == 1
 
 
 def test_connect_mode_waits_for_a_late_hub(no_images, samp_home):

@@ -16,6 +16,7 @@ Needs the peers (``sudo bash tests/peers/install.sh``) and the mimic
 from __future__ import annotations
 
 import contextlib
+import html
 import itertools
 import math
 import os
@@ -558,6 +559,56 @@ def test_aladin_reticle_gives_table_in_topcat_and_image_in_ds9(stack, bridge, mi
     assert stats["queries"] == 1 and stats["errors"] == 0
 
 
+def aladin_catalogs(st: PeerStack, tmp: Path) -> dict[str, int]:
+    """Aladin's catalog planes as {label: rows}, read from a ``backup`` of its stack.
+
+    Aladin has no query MType; its ``backup`` script command writes the whole stack, with each
+    catalog's rows as tab-separated lines in a CDATA block.
+    """
+    out = tmp / f"aladin-stack-{time.monotonic_ns()}.aj"
+    st.aladin_script(f"backup {out}")
+    text = wait_for(lambda: out.is_file() and "</ALADINJAVA>" in (t := _read(out)) and t, 20,
+                    what="Aladin's stack backup")
+    planes = {}
+    for m in re.finditer(r'<PLANE\s[^>]*?type="Catalog"[^>]*?label="([^"]*)".*?</PLANE>', text,
+                         re.S):
+        data = re.search(r"<!\[CDATA\[(.*?)\]\]>", m.group(0), re.S)
+        planes[html.unescape(m.group(1))] = \
+            sum(1 for line in (data.group(1) if data else "").splitlines() if line.strip())
+    return planes
+
+
+def test_aladin_listed_in_send_tables_to_gets_the_cone_table(stack, bridge, mimic_image,
+                                                             vo_server, tmp_path):
+    """Aladin as a table recipient: the cone's sources become a catalog plane over the image.
+
+    Aladin 12.001 never answers its first table.load.votable call (it loads the table all
+    the same): the delivery must not wait for it, and TOPCAT gets its table at once.
+    """
+    aladin = ensure_aladin(stack, mimic_image)
+    b = bridge({"images.enabled": False, "send_tables_to": ["topcat", "aladin"]})
+    tables = TopcatTables(stack, b)
+    with stack.connect_client("aladin-watcher", ["coord.pointAt.sky"]) as rec:
+        stack.aladin_send_point_at(*RHO)
+        t0 = time.monotonic()
+        sent = rec.wait_for("coord.pointAt.sky", sender=aladin)
+    ra, dec = float(sent.params["ra"]), float(sent.params["dec"])
+    title = cone_title(ra, dec)
+    index = tables.wait("^" + re.escape(title) + "$")
+    n = len(cone_names(vo_server, ra, dec))
+    assert len(topcat_names(stack, index)) == n > 10
+    (line,) = b.wait_log(r" for Aladin: (\d+) rows in \d+ ms -> (.*)\n")
+    # hub.send_wait (5 s), not hub.call_timeout (20 s), bounds the wait for a silent recipient
+    assert time.monotonic() - t0 < 15, "the delivery waited for Aladin's reply"
+    assert int(line.group(1)) == n
+    assert "topcat" in line.group(2) and "Aladin" in line.group(2), line.group(0)
+    got = wait_for(lambda: (c := aladin_catalogs(stack, tmp_path)).get(title) and c, 30, 0.5,
+                   what=f"Aladin to show the plane '{title}'")
+    assert got[title] == n
+    stats = b.stop()
+    assert stats["queries"] == 1 and stats["delivered"] == 1
+
+
 # ============================================================================= 3. TOPCAT row
 def test_topcat_row_click_gives_a_new_cone_table(stack, bridge, sources, vo_server, tmp_path):
     b = bridge({"images.enabled": False})
@@ -753,7 +804,8 @@ def test_screenshots_of_topcat_and_ds9(stack, bridge, tmp_path):
     """
     out = DOC_IMAGES if os.environ.get("SAMPBRIDGE_SCREENSHOTS") == "1" else tmp_path
     out.mkdir(parents=True, exist_ok=True)
-    b = bridge()  # images on
+    # images on; DS9 also takes the cone table, to overlay the sources on the image
+    b = bridge({"send_tables_to": ["topcat", "saoimageds9"]})
     fresh_topcat(stack)
     gui = stack.topcat_gui
     tables = TopcatTables(stack, b)
@@ -762,18 +814,16 @@ def test_screenshots_of_topcat_and_ds9(stack, bridge, tmp_path):
     wait_ds9_file(stack, b.results)
     b.wait_log(r"images .* -> .*SAOImageDS9")
 
-    # DS9 8.4.1 reads only TABLEDATA VOTables and the mimic answers in BINARY (a catalog sent
-    # as is loads empty), so DS9 gets TOPCAT's copy of the table, written as TABLEDATA
-    cat = stack.topcat_table(index)["name", "ra", "dec"]
-    cat.write(tmp_path / "cone_tabledata.vot", format="votable")
-    r = stack.send_votable("ds9", tmp_path / "cone_tabledata.vot", name="CSC 2.1 cone")
-    assert r["samp.status"] == "samp.ok", r
+    # the mimic answers cone searches in BINARY, which DS9 8.4.1 would load as an empty
+    # catalog: sampbridge sends DS9 a TABLEDATA copy (tables.tabledata_for), with every row
+    n = len(stack.topcat_table(index))
 
     def overlaid() -> bool:
         cats = ds9_catalog_list(stack, tmp_path)
-        return any(n == len(cat) and title.endswith("cone_tabledata.vot") for _, n, title in cats)
+        return any(k == n and title.endswith(".tabledata.vot") for _, k, title in cats)
 
-    wait_for(overlaid, 20, 0.2, what=f"DS9 to overlay the {len(cat)} sources")
+    wait_for(overlaid, 20, 0.2, what=f"DS9 to overlay the {n} sources")
+    b.wait_log(r": \d+ rows in .* -> .*SAOImageDS9")
     for cmd in (("zoom", "to", "fit"), ("scale", "log"), ("scale", "minmax"), ("cmap", "heat")):
         stack.xpaset(*cmd)
     with contextlib.suppress(PeerError):  # DS9's catalog window hides TOPCAT otherwise

@@ -6,6 +6,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,8 @@ class ImageInfo:
     size: int | None
     path: Path | None = None
     centre: tuple[float, float] | None = None
+    #: True when the file came from a cache, not a download
+    reused: bool = False
 
 
 @dataclass
@@ -118,10 +121,15 @@ class SiapService:
 
     def query_to_dir(self, ra: float, dec: float, size: float, dest_dir: Path, *,
                      fmt: str = "image/fits", count: int = 1, prefer_band: str = "b",
-                     prefix: str = "") -> SiapResult:
+                     prefix: str = "",
+                     reuse: Callable[[ImageInfo, Path], bool] | None = None,
+                     keep: Callable[[ImageInfo, Path], None] | None = None) -> SiapResult:
         """Find images at a position and download up to ``count`` of them into ``dest_dir``.
 
         Images over the size cap are skipped (and named in ``skipped``), not fatal.
+        ``reuse(image, dest)``, if given, may put a copy of the image at ``dest`` from
+        elsewhere (a cache) and return True, instead of a download; ``keep(image, path)`` is
+        called after each download.
 
         Raises
         ------
@@ -141,9 +149,14 @@ class SiapService:
                 result.skipped.append(f"{img.title}: {img.size:,} bytes is over the cap")
                 continue
             try:
-                http.download(self.session, img.url, dest, what="image download",
-                              max_bytes=self.max_bytes, retries=self.retries)
+                if reuse is not None and reuse(img, dest):
+                    img.reused = True
+                else:
+                    http.download(self.session, img.url, dest, what="image download",
+                                  max_bytes=self.max_bytes, retries=self.retries)
                 img.centre = _check_fits(dest, img.url)
+                if keep is not None and not img.reused:
+                    keep(img, dest)
             except ResultTooLarge as exc:
                 result.skipped.append(f"{img.title}: {exc}")
                 continue

@@ -11,7 +11,6 @@ import fnmatch
 import logging
 import os
 import threading
-import time
 import xmlrpc.client as xmlrpc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -205,6 +204,8 @@ class Delivery:
     client_name: str
     ok: bool
     error: str = ""
+    #: no reply yet when :meth:`HubConnection.send` stopped waiting (logged when it comes)
+    pending: bool = False
 
 
 class HubConnection:
@@ -223,6 +224,8 @@ class HubConnection:
         Seconds between liveness pings and reconnect attempts.
     call_timeout : float
         Seconds a call waits for a peer's reply.
+    send_wait : float
+        Seconds :meth:`send` waits for replies before it returns; later replies are logged.
     on_connect : callable, optional
         Called (on the monitor thread) after every (re)registration.
     on_subscriptions : callable, optional
@@ -232,6 +235,7 @@ class HubConnection:
     def __init__(self, name: str, description: str, version: str,
                  handlers: dict[str, Handler], mode: str = "auto",
                  ping_interval: float = 2.0, call_timeout: float = 20.0,
+                 send_wait: float = 5.0,
                  on_connect: Callable[[], None] | None = None,
                  on_subscriptions: Callable[[], None] | None = None) -> None:
         self.metadata = {"samp.name": name, "samp.description.text": description,
@@ -240,6 +244,7 @@ class HubConnection:
         self.mode = mode
         self.ping_interval = ping_interval
         self.call_timeout = call_timeout
+        self.send_wait = min(send_wait, call_timeout)
         self.on_connect = on_connect
         self.on_subscriptions = on_subscriptions
         self._client: psamp.SAMPIntegratedClient | None = None
@@ -524,23 +529,51 @@ class HubConnection:
             return Delivery(client_id, name, False, str(err))
         return Delivery(client_id, name, True)
 
-    def send(self, mtype: str, params: dict[str, Any], patterns: Iterable[str]
-             ) -> list[Delivery]:
-        """Call every matching subscribed client (in parallel) and return the outcomes."""
+    def send(self, mtype: str, params: dict[str, Any], patterns: Iterable[str],
+             params_for: Callable[[str], dict[str, Any]] | None = None) -> list[Delivery]:
+        """Call every matching subscribed client (in parallel) and return the outcomes.
+
+        Waits at most ``send_wait`` seconds: a client that has not replied by then is
+        returned as ``pending`` (a viewer busy loading a large file, or Aladin 12, which never
+        answers its first ``table.load.votable``), and its reply, if any comes within
+        ``call_timeout``, is logged.  ``params_for``, if given, is called with a recipient's
+        name and returns the params for that recipient (to send one a different copy of a
+        file, say).
+        """
         targets = self.targets(mtype, patterns)
-        if len(targets) <= 1:
-            return [self.call(cid, mtype, params) for cid, _ in targets]
+        if not targets:
+            return []
+
+        def params_of(name: str) -> dict[str, Any]:
+            if params_for is None:
+                return params
+            try:
+                return params_for(name)
+            except Exception as exc:  # noqa: BLE001 - fall back to the common params
+                log.warning("cannot prepare %s for %s (%s); sending the common one", mtype,
+                            name, exc)
+                return params
+
         results: list[Delivery | None] = [None] * len(targets)
+        cond = threading.Condition()
+        returned = False
 
-        def one(i: int, cid: str) -> None:
-            results[i] = self.call(cid, mtype, params)
+        def one(i: int, cid: str, name: str) -> None:
+            d = self.call(cid, mtype, params_of(name))
+            with cond:
+                results[i] = d
+                late = returned
+                cond.notify_all()
+            if late and d.ok:
+                log.info("%s: %s replied samp.ok after all", mtype, name)
+            elif late:
+                log.warning("%s to %s failed: %s", mtype, name, d.error)
 
-        threads = [threading.Thread(target=one, args=(i, cid), daemon=True)
-                   for i, (cid, _) in enumerate(targets)]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + self.call_timeout + 15
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        return [r or Delivery(cid, name, False, "no reply in time")
-                for r, (cid, name) in zip(results, targets, strict=True)]
+        for i, (cid, name) in enumerate(targets):
+            threading.Thread(target=one, args=(i, cid, name), daemon=True,
+                             name=f"samp-send-{name}").start()
+        with cond:
+            cond.wait_for(lambda: all(r is not None for r in results), self.send_wait)
+            returned = True
+            return [r or Delivery(cid, name, False, "no reply yet", pending=True)
+                    for r, (cid, name) in zip(results, targets, strict=True)]

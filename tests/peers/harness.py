@@ -567,28 +567,59 @@ class TopcatGui:
         raise PeerError(msg)
 
     def click(self, win: str, x: int, y: int) -> None:
-        """Raise ``win`` (other windows pile up at +0+0 without a WM) and click at (x, y)."""
-        self._x("windowraise", win)
-        time.sleep(0.2)  # let the X server restack / Swing repaint before we point
+        """Raise ``win`` (other windows pile up at +0+0 without a WM) and click at (x, y).
+
+        Every step is confirmed before the next (the stacking order, then the pointer's
+        position); what Swing does with the click is for the caller to poll for.
+        """
+        self.raise_window(win)
+        wx, wy, _, _ = self.geometry(win)
         self._x("mousemove", "--window", win, str(x), str(y))
-        time.sleep(0.2)
+        # (not --sync: it waits for the pointer to move, forever if it is there already)
+        for _ in _deadline_loop(10.0, 0.02):
+            out = self._x("getmouselocation", "--shell")
+            v = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+            if (int(v["X"]), int(v["Y"])) == (wx + x, wy + y):
+                break
+        else:
+            raise PeerError(f"the pointer did not reach ({x}, {y}) in window {win}")
         self._x("click", "1")
-        time.sleep(0.4)  # Swing handles the click on the event thread
 
     def move(self, win: str, x: int, y: int) -> None:
-        """Move ``win`` (works without a WM)."""
-        self._x("windowmove", win, str(x), str(y))
-        time.sleep(0.3)
+        """Move ``win`` (works without a WM); returns once the X server has moved it."""
+        self._x("windowmove", "--sync", win, str(x), str(y))
 
     def resize(self, win: str, width: int, height: int) -> None:
-        """Resize ``win`` (works without a WM; Swing lays the window out again)."""
-        self._x("windowsize", win, str(width), str(height))
-        time.sleep(0.3)
+        """Resize ``win`` (works without a WM); returns once the X server has resized it."""
+        self._x("windowsize", "--sync", win, str(width), str(height))
 
-    def raise_window(self, win: str) -> None:
-        """Put ``win`` on top of the others (any X window, e.g. DS9's)."""
+    def _top_window(self) -> int | None:
+        """Id of the top-most child of the root window (xwininfo lists top-most first)."""
+        r = subprocess.run(["xwininfo", "-root", "-children"], env=self.env,
+                           capture_output=True, text=True, timeout=30)
+        m = re.search(r"^\s+(0x[0-9a-f]+) ", r.stdout, re.M)
+        return int(m.group(1), 16) if m else None
+
+    def _toplevel(self, win: int) -> int:
+        """The child of the root window that holds ``win`` (``win`` itself, usually)."""
+        for _ in range(10):
+            r = subprocess.run(["xwininfo", "-id", str(win), "-children"], env=self.env,
+                               capture_output=True, text=True, timeout=30)
+            root = re.search(r"Root window id: (0x[0-9a-f]+)", r.stdout)
+            parent = re.search(r"Parent window id: (0x[0-9a-f]+)", r.stdout)
+            if not root or not parent or parent.group(1) == root.group(1):
+                return win
+            win = int(parent.group(1), 16)
+        return win
+
+    def raise_window(self, win: str, timeout: float = 10.0) -> None:
+        """Put ``win`` on top of the others (any X window, e.g. DS9's) and wait until it is."""
+        top = self._toplevel(int(win))
         self._x("windowraise", win)
-        time.sleep(0.2)
+        for _ in _deadline_loop(timeout, 0.05):
+            if self._top_window() == top:
+                return
+        raise PeerError(f"window {win} did not come on top within {timeout} s")
 
     def geometry(self, win: str) -> tuple[int, int, int, int]:
         """(x, y, width, height) of ``win`` on the screen."""
