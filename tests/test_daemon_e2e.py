@@ -315,6 +315,29 @@ def test_a_silent_recipient_does_not_hold_up_the_delivery(no_images, make_daemon
     assert d.conn.connected and d.stats["delivered"] == 1
 
 
+def test_recipients_that_come_and_go_are_seen_at_once(no_images, make_daemon, make_peer):
+    """The daemon keeps each MType's subscribers between sends, and the hub's events about
+    clients (register, subscriptions, unregister) refresh them."""
+    d = make_daemon(no_images.replace(**{"send_tables_to": ["topcat", "aladin"]}))
+    topcat = make_peer("topcat", ["table.load.votable"])
+    sid = topcat.find("sampbridge")
+    for i, ra in enumerate(("246.7000", "246.7200", "246.7400")):
+        if i == 1:
+            aladin = make_peer("Aladin", ["table.load.votable"])
+            # the hub tells the daemon; a send from now on must reach Aladin too
+            wait_for(lambda: d.conn.targets("table.load.votable", ["aladin"]), 5,
+                     what="the daemon to see Aladin")
+        if i == 2:
+            aladin.close()
+            wait_for(lambda: not d.conn.targets("table.load.votable", ["aladin"]), 5,
+                     what="the daemon to see Aladin leave")
+        resp = topcat.call(sid, "x-sampbridge.query.cone", {"ra": ra, "dec": "-24.32"})
+        assert resp["samp.status"] == "samp.ok", resp
+        want = ["topcat", "Aladin"] if i == 1 else ["topcat"]
+        assert sorted(resp["samp.result"]["sent-to"]) == sorted(want), (i, resp)
+    assert len(aladin.of("table.load.votable")) == 1
+
+
 def test_connect_mode_waits_for_a_late_hub(no_images, samp_home):
     from sampbridge.daemon import Daemon
     from sampbridge.samp.hub import Hub

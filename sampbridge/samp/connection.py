@@ -11,6 +11,7 @@ import fnmatch
 import logging
 import os
 import threading
+import time
 import xmlrpc.client as xmlrpc
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -232,6 +233,9 @@ class HubConnection:
         Called (on a thread of its own) when another client declares its subscriptions.
     """
 
+    #: seconds a cached list of an MType's subscribers is trusted without a hub event
+    SUBS_TTL = 30.0
+
     def __init__(self, name: str, description: str, version: str,
                  handlers: dict[str, Handler], mode: str = "auto",
                  ping_interval: float = 2.0, call_timeout: float = 20.0,
@@ -254,6 +258,8 @@ class HubConnection:
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
         self._names: dict[str, str] = {}
+        # subscribers per MType, dropped on every hub event about clients (and after SUBS_TTL)
+        self._subs: dict[str, tuple[float, list[str]]] = {}
         self.connected_event = threading.Event()
         self.connect_count = 0
 
@@ -350,6 +356,7 @@ class HubConnection:
                 return False
             self._client = client
             self._names.clear()
+            self._subs.clear()
             self._lost.clear()
             self.connect_count += 1
             self.connected_event.set()
@@ -368,12 +375,17 @@ class HubConnection:
         hs = dict(self.handlers)
         hs["samp.hub.event.shutdown"] = self._on_hub_gone
         hs["samp.hub.disconnect"] = self._on_hub_gone
+        hs["samp.hub.event.register"] = self._on_register
         hs["samp.hub.event.unregister"] = self._on_unregister
         hs["samp.hub.event.metadata"] = self._on_unregister
         hs["samp.hub.event.subscriptions"] = self._on_subscriptions
         return hs
 
+    def _on_register(self, msg: Message) -> None:
+        self._subs.clear()
+
     def _on_subscriptions(self, msg: Message) -> None:
+        self._subs.clear()
         if self.on_subscriptions is not None and msg.params.get("id") != self.self_id:
             threading.Thread(target=self.on_subscriptions, name="samp-subs",
                              daemon=True).start()
@@ -384,6 +396,7 @@ class HubConnection:
 
     def _on_unregister(self, msg: Message) -> None:
         self._names.pop(str(msg.params.get("id", "")), None)
+        self._subs.clear()
 
     def _drop(self, unregister: bool) -> None:
         client, self._client = self._client, None
@@ -495,11 +508,16 @@ class HubConnection:
         c = self._client
         if c is None or not self.connected:
             return []
-        try:
-            subscribed = c.get_subscribed_clients(mtype)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("cannot list subscribers of %s: %s", mtype, exc)
-            return []
+        cached = self._subs.get(mtype)
+        if cached is not None and time.monotonic() - cached[0] < self.SUBS_TTL:
+            subscribed = cached[1]
+        else:
+            try:
+                subscribed = list(c.get_subscribed_clients(mtype))
+            except Exception as exc:  # noqa: BLE001
+                log.warning("cannot list subscribers of %s: %s", mtype, exc)
+                return []
+            self._subs[mtype] = (time.monotonic(), subscribed)
         me = self.self_id
         pats = [p.lower() for p in patterns]
         out = []
@@ -522,6 +540,7 @@ class HubConnection:
                                                "samp.params": _sampify(params)},
                                    str(int(max(1, self.call_timeout))))
         except Exception as exc:  # noqa: BLE001
+            self._subs.clear()       # the client may be gone: ask the hub again next time
             return Delivery(client_id, name, False, str(exc))
         status = resp.get("samp.status") if isinstance(resp, dict) else None
         if status == "samp.error":
