@@ -42,9 +42,12 @@ def rows_in(table: str) -> int:
 
 
 def child(code: str) -> dict:
-    """Run ``code`` in a fresh Python; it prints a JSON dict; add the peak RSS (kB)."""
-    wrapper = (code + "\nimport json, resource, sys\n"
-               "out['maxrss_kb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    """Run ``code`` in a fresh Python; it prints a JSON dict; add its peak RSS (kB, VmHWM)."""
+    wrapper = (code + "\nimport json, sys\n"
+               # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across exec, so
+               # a child would report at least its parent's size at fork (run_all.py's 149 MB)
+               "out['maxrss_kb'] = int(next(l.split()[1] for l in open('/proc/self/status')"
+               " if l.startswith('VmHWM:')))\n"
                "print(json.dumps(out))\n")
     p = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True,
                        timeout=1200)
