@@ -1438,16 +1438,24 @@ class PeerStack:
         if via == "tcl":
             self.ds9_source_tcl(f"SampBridgeTestEmitPoint {ra!r} {dec!r}")
         elif via == "pan":
-            with contextlib.suppress(Exception):
-                subprocess.run(
-                    ["xdotool", "mousemove", "5", "995"],
-                    env=self._env,
-                    capture_output=True,
-                    timeout=30,
-                )
+            self._pointer_off_frames()
             self.xpaset("pan", "to", repr(ra), repr(dec), "wcs", "fk5")
         else:
             raise ValueError("via must be 'tcl' or 'pan'")
+
+    def _pointer_off_frames(self, timeout: float = 10.0) -> None:
+        """Move the X pointer to the screen's bottom-left corner, and wait until it is there."""
+        def run(*args: str) -> str:
+            return subprocess.run(["xdotool", *args], env=self._env, capture_output=True,
+                                  text=True, timeout=30).stdout
+
+        run("mousemove", "5", "995")
+        for _ in _deadline_loop(timeout, 0.02):
+            v = dict(line.split("=", 1) for line in run("getmouselocation", "--shell")
+                     .splitlines() if "=" in line)
+            if (v.get("X"), v.get("Y")) == ("5", "995"):
+                return
+        raise PeerError("the X pointer did not move off DS9's frame")
 
     def ds9_send_rows(self, catvar: str, rows: Iterable[int]) -> None:
         """Make DS9 send table.highlight.row / table.select.rowList for catalog ``catvar``.
