@@ -260,6 +260,8 @@ class HubConnection:
         self._names: dict[str, str] = {}
         # subscribers per MType, dropped on every hub event about clients (and after SUBS_TTL)
         self._subs: dict[str, tuple[float, list[str]]] = {}
+        self._subs_gen = 0          # bumped by every invalidation (see _forget_subscribers)
+        self._subs_lock = threading.Lock()
         self.connected_event = threading.Event()
         self.connect_count = 0
 
@@ -356,7 +358,7 @@ class HubConnection:
                 return False
             self._client = client
             self._names.clear()
-            self._subs.clear()
+            self._forget_subscribers()
             self._lost.clear()
             self.connect_count += 1
             self.connected_event.set()
@@ -381,11 +383,20 @@ class HubConnection:
         hs["samp.hub.event.subscriptions"] = self._on_subscriptions
         return hs
 
+    def _forget_subscribers(self) -> None:
+        """Drop the cached subscriber lists.
+
+        A lookup already under way will then not store its (possibly older) answer.
+        """
+        with self._subs_lock:
+            self._subs_gen += 1
+            self._subs.clear()
+
     def _on_register(self, msg: Message) -> None:
-        self._subs.clear()
+        self._forget_subscribers()
 
     def _on_subscriptions(self, msg: Message) -> None:
-        self._subs.clear()
+        self._forget_subscribers()
         if self.on_subscriptions is not None and msg.params.get("id") != self.self_id:
             threading.Thread(target=self.on_subscriptions, name="samp-subs",
                              daemon=True).start()
@@ -396,7 +407,7 @@ class HubConnection:
 
     def _on_unregister(self, msg: Message) -> None:
         self._names.pop(str(msg.params.get("id", "")), None)
-        self._subs.clear()
+        self._forget_subscribers()
 
     def _drop(self, unregister: bool) -> None:
         client, self._client = self._client, None
@@ -512,12 +523,17 @@ class HubConnection:
         if cached is not None and time.monotonic() - cached[0] < self.SUBS_TTL:
             subscribed = cached[1]
         else:
+            gen = self._subs_gen
             try:
                 subscribed = list(c.get_subscribed_clients(mtype))
             except Exception as exc:  # noqa: BLE001
                 log.warning("cannot list subscribers of %s: %s", mtype, exc)
                 return []
-            self._subs[mtype] = (time.monotonic(), subscribed)
+            with self._subs_lock:
+                # a hub event that came in meanwhile may make this answer stale: then the
+                # next lookup asks again
+                if gen == self._subs_gen:
+                    self._subs[mtype] = (time.monotonic(), subscribed)
         me = self.self_id
         pats = [p.lower() for p in patterns]
         out = []
@@ -540,7 +556,7 @@ class HubConnection:
                                                "samp.params": _sampify(params)},
                                    str(int(max(1, self.call_timeout))))
         except Exception as exc:  # noqa: BLE001
-            self._subs.clear()       # the client may be gone: ask the hub again next time
+            self._forget_subscribers()   # the client may be gone: ask the hub again next time
             return Delivery(client_id, name, False, str(exc))
         status = resp.get("samp.status") if isinstance(resp, dict) else None
         if status == "samp.error":
