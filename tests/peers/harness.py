@@ -655,8 +655,14 @@ class TopcatGui:
     def open_table_browser(self) -> str:
         """Open *Table Data* (the row browser) for the current table; return its window id."""
         ctl = self.window("^TOPCAT$")
-        self.click(ctl, *self.TABLE_DATA)
-        tb = self.window("Table Browser")
+        tb = None
+        for _ in range(3):       # a click Swing missed is clicked again; a second one is harmless
+            self.click(ctl, *self.TABLE_DATA)
+            with contextlib.suppress(PeerError):
+                tb = self.window("Table Browser", timeout=5)
+                break
+        if tb is None:
+            raise PeerError("TOPCAT's Table Browser did not open after 3 clicks")
         self.move(tb, 0, 400)
         return tb
 
