@@ -80,6 +80,8 @@ def test_private_folders_and_no_secret_in_the_log(own_hub_daemon):
     p, log, lockfile, tmp = own_hub_daemon
     secret = [ln.split("=", 1)[1] for ln in lockfile.read_text().splitlines()
               if ln.startswith("samp.secret=")][0]
+    # the folder starts right after the registration: wait for its journal's folder
+    wait_for(lambda: (tmp / "q" / ".sampbridge").is_dir(), 20, what="the folder's journal")
     for d in (tmp / "res", tmp / "q" / ".sampbridge"):
         assert oct(d.stat().st_mode & 0o777) == "0o700", d
     assert oct((tmp / "res" / "cache").stat().st_mode & 0o777) == "0o700"
