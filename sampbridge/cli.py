@@ -45,6 +45,12 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("sampbridge").setLevel(level)
+    # pyvo.samp's hub logs through astropy's logger, which has a handler of its own: without
+    # this every hub line came out twice, once past the secret filter.
+    from astropy import log as astropy_log  # its own Logger class: import it, never create it
+
+    astropy_log.handlers[:] = []
+    astropy_log.propagate = True
     logging.captureWarnings(True)
 
 

@@ -92,6 +92,26 @@ def test_private_folders_and_no_secret_in_the_log(own_hub_daemon):
     assert secret not in text
 
 
+def test_hub_log_lines_go_once_through_the_filtered_handler(capsys):
+    import logging
+
+    from astropy import log as astropy_log
+
+    from sampbridge.cli import _setup_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, astropy_log.handlers[:])
+    try:
+        _setup_logging(verbose=0, quiet=False)
+        astropy_log.info("Hub: samp.secret=abcdef123456 registered")
+        out, err = capsys.readouterr()   # astropy's own handler writes INFO to stdout
+        assert (out + err).count("registered") == 1, out + err
+        assert "abcdef123456" not in out + err
+    finally:
+        root.handlers[:], astropy_log.handlers[:] = saved[0], saved[2]
+        root.setLevel(saved[1])
+
+
 def test_log_filter_masks_secrets():
     import logging
 
