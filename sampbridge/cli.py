@@ -50,7 +50,6 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     from astropy import log as astropy_log  # its own Logger class: import it, never create it
 
     astropy_log.handlers[:] = []
-    astropy_log.propagate = True
     logging.captureWarnings(True)
 
 

@@ -83,6 +83,7 @@ def test_compression_is_asked_for_remote_services_only(server, compress, url, gz
     with make_session(2.0, 2.0, compress).get(url.format(port=port)) as r:
         sent = r.request.headers.get("Accept-Encoding", "")
     assert ("gzip" in sent) is gzip, sent
+    # only parses the URL: no request leaves loopback
     assert make_session(1, 1, "auto")._wants_gzip("https://cda.cfa.harvard.edu/csc21tap/sync")
 
 
