@@ -96,9 +96,28 @@ def tabledata_copy(path: Path) -> Path:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) if needed and make it private (0700)."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
+    """Create ``path`` and its missing parents as private folders (0700); return ``path``.
+
+    Only the folders made here are made private: a folder that exists keeps its mode, since
+    it may be the user's (a shared 1777 folder, say).
+
+    Raises
+    ------
+    OSError
+        When a folder cannot be made, or ``path`` exists and is not a folder.
+    """
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            continue                    # made meanwhile by someone else: not ours to change
+        os.chmod(d, 0o700)              # exactly 0700, whatever the umask
+    path.mkdir(mode=0o700, exist_ok=True)   # raises when path is a file
     return path
 
 
@@ -208,9 +227,8 @@ class Engine:
             return None
         t0 = time.perf_counter()
         hit = self.cache.get(key)
-        if hit is None:
+        if hit is None or not self.cache.materialize(hit, dest):
             return None
-        self.cache.materialize(hit, dest)
         m = hit.meta
         return TableResult(dest, table_id, name, int(m.get("rows", 0)),
                            time.perf_counter() - t0, f"{m.get('what', 'query')} (cached)",
@@ -244,10 +262,7 @@ class Engine:
 
         def reuse(img: ImageInfo, dest: Path) -> bool:
             hit = cache.get(image_key(img.url)) if cache is not None else None
-            if hit is None:
-                return False
-            cache.materialize(hit, dest)
-            return True
+            return hit is not None and cache.materialize(hit, dest)
 
         def keep(img: ImageInfo, path: Path) -> None:
             if cache is not None:
