@@ -158,16 +158,26 @@ class RecordingPeer:
     def notify(self, recipient: str, mtype: str, params: dict) -> None:
         self.client.notify(recipient, {"samp.mtype": mtype, "samp.params": params})
 
-    def find(self, name: str, timeout: float = 10.0) -> str:
+    def find(self, name: str, timeout: float = 10.0, mtype: str | None = None) -> str:
+        """Return the id of client ``name`` once it is registered **and subscribed**.
+
+        Registered is not subscribed: a client declares its metadata (so its name is found)
+        before its subscriptions, and a call in between fails with "not subscribed". This
+        waits until the client has declared subscriptions (``mtype`` among them, if given).
+        """
         def look() -> str | None:
             for cid in self.client.get_registered_clients():
                 try:
-                    if self.client.get_metadata(cid).get("samp.name") == name:
-                        return cid
+                    if self.client.get_metadata(cid).get("samp.name") != name:
+                        continue
+                    subs = self.client.get_subscriptions(cid)
                 except Exception:  # noqa: BLE001
-                    pass
+                    continue
+                if subs and (mtype is None or mtype in subs):
+                    return cid
             return None
-        return str(wait_for(look, timeout, what=f"client {name} registered"))
+        return str(wait_for(look, timeout, what=f"client {name} registered and subscribed"
+                            + (f" to {mtype}" if mtype else "")))
 
     def close(self) -> None:
         try:

@@ -53,7 +53,7 @@ def test_point_at_flood_from_two_peers(daemon_proc):
     aladin = RecordingPeer("Aladin", ["image.load.fits"])
     topcat = RecordingPeer("topcat", ["table.load.votable"])
     try:
-        sid = topcat.find("sampbridge", timeout=20)
+        sid = topcat.find("sampbridge", timeout=20, mtype="coord.pointAt.sky")
         base = proc_status(daemon_proc.pid)
         samples: list[dict[str, int]] = []
         stop = threading.Event()
@@ -102,7 +102,7 @@ def test_fifty_concurrent_custom_calls_are_all_replied(daemon_proc):
     peer = RecordingPeer("topcat", ["table.load.votable"])
     caller = RecordingPeer("script", [])
     try:
-        sid = peer.find("sampbridge", timeout=20)
+        sid = peer.find("sampbridge", timeout=20, mtype="x-sampbridge.query.cone")
 
         def one(i: int) -> dict:
             return caller.call(sid, "x-sampbridge.query.cone",
