@@ -39,6 +39,30 @@ proc SampBridgeTestCatInfo {outfile} {
     close $out
 }
 
+# Write DS9's SAMP broadcast state to OUTFILE, one "key value" line each: lock (1 while DS9
+# handles a SAMP message), image and table (how many other clients DS9 believes subscribe to
+# image.load.fits and table.load.fits). DS9 broadcasts pointAt on a pan only when lock is 0
+# and both counts are above 0 (SAMPSendCoordPointAtSkyCmd in library/samp.tcl).
+proc SampBridgeTestSampState {outfile} {
+    global samp
+    set out [open $outfile w]
+    if {[info exists samp]} {
+        set lock 0
+        catch {set lock $samp(lock)}
+        set nimage 0
+        catch {set nimage [llength $samp(apps,image)]}
+        set ntable 0
+        catch {set ntable [llength $samp(apps,table)]}
+        puts $out "connected 1"
+        puts $out "lock $lock"
+        puts $out "image $nimage"
+        puts $out "table $ntable"
+    } else {
+        puts $out "connected 0"
+    }
+    close $out
+}
+
 # 3. Tell the harness that the command line (and so this file) has been processed: DS9
 #    registers with the hub before it processes -source, so SAMP readiness alone is too early.
 if {[info exists env(SAMPBRIDGE_DS9_READY_FILE)]} {

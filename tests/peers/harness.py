@@ -1444,10 +1444,38 @@ class PeerStack:
         if via == "tcl":
             self.ds9_source_tcl(f"SampBridgeTestEmitPoint {ra!r} {dec!r}")
         elif via == "pan":
+            self.ds9_wait_broadcast_ready()
             self._pointer_off_frames()
             self.xpaset("pan", "to", repr(ra), repr(dec), "wcs", "fk5")
         else:
             raise ValueError("via must be 'tcl' or 'pan'")
+
+    def ds9_samp_state(self) -> dict[str, int]:
+        """DS9's SAMP broadcast state: ``connected``, ``lock``, ``image`` and ``table`` counts."""
+        out = self.tmp / f"ds9_sampstate_{next(self._counter)}.txt"
+        self.ds9_source_tcl(f"SampBridgeTestSampState {{{out}}}")
+        state = {}
+        for line in out.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            state[key] = int(value.strip() or 0)
+        return state
+
+    def ds9_wait_broadcast_ready(self, timeout: float = 20.0) -> dict[str, int]:
+        """Wait until DS9 would broadcast a pan: connected, not locked, and with other clients
+        subscribed to image.load.fits and table.load.fits in its own (refreshed) lists.
+
+        DS9 re-reads those lists about 1 s after every hub register event, and skips a
+        broadcast while it handles a SAMP message; a pan before that sends nothing.
+        """
+        state: dict[str, int] = {}
+        for _ in _deadline_loop(timeout, 0.1):
+            state = self.ds9_samp_state()
+            if state.get("connected") and not state.get("lock") and state.get("image") \
+                    and state.get("table"):
+                return state
+        raise PeerError(f"DS9 would not broadcast coord.pointAt.sky within {timeout:g} s: "
+                        f"its SAMP state is {state} (it needs lock 0 and some other client "
+                        "subscribed to image.load.fits and to table.load.fits)")
 
     def _pointer_off_frames(self, timeout: float = 10.0) -> None:
         """Move the X pointer to the screen's bottom-left corner, and wait until it is there."""
