@@ -107,3 +107,93 @@ def wait_port_closed_url() -> str:
     port = s.getsockname()[1]
     s.close()
     return f"http://127.0.0.1:{port}/nothing"
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    server: _ProxyServer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _forward(self) -> None:
+        import requests
+
+        up = self.server.upstream
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() not in ("host", "connection", "accept-encoding",
+                                        "content-length")}
+        headers["Accept-Encoding"] = "identity"
+        try:
+            r = requests.request(self.command, up + self.path, data=body, headers=headers,
+                                 allow_redirects=False, timeout=(5, 120))
+        except requests.RequestException as exc:
+            self.send_error(502, f"upstream failed: {exc.__class__.__name__}")
+            return
+        own = self.server.base.encode()
+        content = r.content.replace(up.encode(), own)
+        self.send_response(r.status_code)
+        for k, v in r.headers.items():
+            if k.lower() in ("content-length", "transfer-encoding", "connection",
+                             "content-encoding"):
+                continue
+            self.send_header(k, v.replace(up, self.server.base))
+        self.send_header("Content-Length", str(len(content)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(content)
+        self.close_connection = True
+
+    do_GET = do_POST = do_DELETE = _forward
+
+
+class _ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int, upstream: str) -> None:
+        super().__init__(("127.0.0.1", port), _ProxyHandler)
+        self.upstream = upstream.rstrip("/")
+        self.base = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class ServiceProxy:
+    """A loopback HTTP proxy in front of a shared service, owned by one test.
+
+    The test stops and starts *this* proxy (its port then refuses connections) instead of the
+    shared service, which other runs on the machine may be using. Absolute URLs in the
+    service's answers (UWS job URLs, redirects, access URLs) are rewritten to the proxy, so a
+    client never bypasses it.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self._server: _ProxyServer | None = None
+        self.port = 0
+        self.start()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Listen (again, on the same port once one was chosen)."""
+        if self._server is not None:
+            return
+        self._server = _ProxyServer(self.port, self.upstream)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop listening: new connections to the port are refused."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> ServiceProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

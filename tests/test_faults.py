@@ -1,5 +1,5 @@
-"""Service faults and shutdown, with the real mimic (stopped and restarted) and a loopback
-server that misbehaves on purpose."""
+"""Service faults and shutdown: the real mimic behind a proxy the test stops and restarts (never
+the shared mimic itself), and a loopback server that misbehaves on purpose."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import urllib.request
 
 import pytest
 
-from conftest import VO_BASE, RecordingPeer, local_config, need, wait_for
-from faulty_server import FaultyServer
+from conftest import VO_BASE, RecordingPeer, local_config, wait_for
+from faulty_server import FaultyServer, ServiceProxy
 
 pytestmark = pytest.mark.server
 
@@ -71,60 +71,54 @@ def test_429_with_retry_after_is_retried(tmp_path, make_daemon, make_peer):
 
 
 @pytest.fixture
-def dachs():
-    """Stop and start the real mimic (root only); it is always running again afterwards."""
-    need(os.geteuid() == 0 and bool(subprocess.run(["which", "dachs"], capture_output=True)
-                                    .stdout), "stopping the mimic needs root and dachs",
-         "sudo bash tests/vo_server/setup.sh")
+def mimic_proxy(vo_server):
+    """The mimic behind a proxy this test owns: stopping it never touches the shared mimic."""
+    with ServiceProxy(vo_server) as proxy:
+        yield proxy
 
-    def up() -> bool:
+
+def delete_jobs(ids: set[str]) -> None:
+    """Delete the mimic's async jobs ``ids`` (those a test left running)."""
+    for job in ids:
+        req = urllib.request.Request(f"{VO_BASE}/tap/async/{job}", method="DELETE")
         try:
-            with urllib.request.urlopen(f"{VO_BASE}/csc21scs/coneSearch?RA=0&DEC=0&SR=0.001",
-                                        timeout=3):
-                return True
-        except Exception:  # noqa: BLE001
-            return False
-
-    class Ctl:
-        def stop(self) -> None:
-            subprocess.run(["dachs", "serve", "stop"], capture_output=True, timeout=60)
-            wait_for(lambda: not up(), 30, what="the mimic to stop")
-
-        def start(self) -> None:
-            if not up():
-                subprocess.run(["dachs", "serve", "start"], capture_output=True, timeout=60)
-            wait_for(up, 60, what="the mimic to answer again")
-
-    ctl = Ctl()
-    yield ctl
-    ctl.start()
+            urllib.request.urlopen(req, timeout=10).close()
+        except Exception:  # noqa: BLE001 - gone already
+            pass
 
 
-def test_mimic_stopped_then_restarted(dachs, tmp_path, make_daemon, make_peer):
+def test_service_stopped_then_restarted(mimic_proxy, tmp_path, make_daemon, make_peer):
     qdir = tmp_path / "queries"
-    cfg = local_config(VO_BASE, tmp_path / "r", **{
+    base = mimic_proxy.base
+    cfg = local_config(base, tmp_path / "r", **{
         "images.enabled": False, "http.retries": 0, "cache.enabled": False,
         "folder.enabled": True, "folder.dir": str(qdir), "folder.settle": 0.1})
     d = make_daemon(cfg)
     peer = make_peer("topcat", ["table.load.votable"])
-    sid = peer.find("sampbridge")
+    sid = peer.find("sampbridge", mtype="x-sampbridge.query.tap")
+    before = set(async_jobs())
     # a TAP job is running when the server goes away
     box: dict = {}
     t = threading.Thread(target=lambda: box.setdefault("r", peer.call(
         sid, "x-sampbridge.query.tap", {"adql": SLOW_ADQL}, timeout=60)))
     t.start()
-    wait_for(lambda: "EXECUTING" in async_jobs().values(), 20, what="the job to run")
-    dachs.stop()
-    t.join(60)
+    try:
+        wait_for(lambda: "EXECUTING" in {p for j, p in async_jobs().items() if j not in before},
+                 20, what="the job to run")
+        mimic_proxy.stop()
+        t.join(60)
+    finally:
+        delete_jobs(set(async_jobs()) - before)
     assert box["r"]["samp.status"] == "samp.error"
     assert "cannot reach the service" in box["r"]["samp.error"]["samp.errortxt"]
     resp = peer.call(sid, "x-sampbridge.query.cone", RHO)
     assert resp["samp.status"] == "samp.error"
-    assert "cannot reach the service at 127.0.0.1:18080" in resp["samp.error"]["samp.errortxt"]
+    host = base.removeprefix("http://")
+    assert f"cannot reach the service at {host}" in resp["samp.error"]["samp.errortxt"]
     (qdir / "down.yaml").write_text("cone: {ra: 246.7925, dec: -24.32027}\n")
     wait_for(lambda: (qdir / "failed" / "down.yaml.error.txt").exists(), 20)
     assert "cannot reach the service" in (qdir / "failed" / "down.yaml.error.txt").read_text()
-    dachs.start()
+    mimic_proxy.start()
     resp = peer.call(sid, "x-sampbridge.query.cone", RHO)
     assert resp["samp.status"] == "samp.ok" and resp["samp.result"]["rows"] == "109"
     assert d.conn.connected
