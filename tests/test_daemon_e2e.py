@@ -193,8 +193,10 @@ def test_a_second_click_in_the_same_field_does_not_reload_the_image(cfg, make_da
         (_, again) = wait_for(lambda: (i := ds9.of("image.load.fits")) and len(i) == 2 and i,
                               10, what="the image sent again")
         assert again["name"] == first["name"] and again["url"] != first["url"]
-        # ... from the cache: the same file on disk, not a second download
-        assert path_of(again["url"]).stat().st_ino == path_of(first["url"]).stat().st_ino
+        # ... from the cache, not a second download: the same bytes, in a file of its own
+        # (never a link to the first: an edit of one must not change the other)
+        a, b = path_of(again["url"]), path_of(first["url"])
+        assert a.read_bytes() == b.read_bytes() and a.stat().st_ino != b.stat().st_ino
         assert "(1 from the cache)" in caplog.text
 
 
