@@ -26,9 +26,16 @@ def separation_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
 class Coalescer(Generic[T]):
     """Run only the latest of a flood of items, one at a time, on its own thread.
 
-    An item runs once no newer item came for ``quiet`` seconds, or at the latest ``max_wait``
-    seconds after the first item of a burst, so a continuous flood still gets answered.  Items
-    that arrive while one runs are coalesced again.  ``run`` is called on the worker thread.
+    Leading edge: the first item after a quiet spell (no item for ``quiet`` seconds, nothing
+    running and no run started within the last ``quiet`` seconds) runs at once, so a single
+    click is answered without waiting.  Items that come while one runs, or inside that window,
+    are coalesced: the latest wins, and it runs once no newer item came for ``quiet`` seconds,
+    or at the latest ``max_wait`` seconds after the first item of the burst, so a continuous
+    flood is still answered and its final item always runs.  ``run`` is called on the worker
+    thread.
+
+    Counters (read them, never write them): ``submitted`` items offered, ``ran`` items run,
+    ``leading`` items run at once, without waiting for the quiet spell.
 
     Parameters
     ----------
@@ -36,6 +43,8 @@ class Coalescer(Generic[T]):
         Called with the latest item and its sequence number.
     quiet, max_wait : float
         Seconds (see above).
+    name : str
+        Name of the worker thread.
     """
 
     def __init__(self, run: Callable[[T, int], None], quiet: float = 0.3,
@@ -46,12 +55,16 @@ class Coalescer(Generic[T]):
         self._cond = threading.Condition()
         self._item: T | None = None
         self._has_item = False
+        self._leading = False          # the pending item came after a quiet spell: run it now
+        self._running = False
         self._first = 0.0
-        self._last = 0.0
+        self._last: float | None = None        # when the newest item came
+        self._started: float | None = None     # when the newest run started
         self._seq = 0
         self._stopping = False
         self.submitted = 0
         self.ran = 0
+        self.leading = 0
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -64,10 +77,19 @@ class Coalescer(Generic[T]):
         """Tell whether an item newer than ``seq`` has been submitted."""
         return self._seq != seq
 
+    def _quiet_spell(self, now: float) -> bool:
+        """Tell whether an item coming ``now`` starts a new burst that runs at once."""
+        if self._has_item or self._running:
+            return False
+        latest = max((t for t in (self._last, self._started) if t is not None), default=None)
+        return latest is None or now - latest >= self.quiet
+
     def submit(self, item: T) -> int:
         """Offer an item; returns its sequence number.  Never blocks on the running item."""
         with self._cond:
             now = time.monotonic()
+            if self._quiet_spell(now):
+                self._leading = True
             if not self._has_item:
                 self._first = now
             self._item, self._has_item, self._last = item, True, now
@@ -83,18 +105,26 @@ class Coalescer(Generic[T]):
                     self._cond.wait()
                 if self._stopping:
                     return
-                due = min(self._last + self.quiet, self._first + self.max_wait)
                 now = time.monotonic()
-                if now < due:
-                    self._cond.wait(due - now)
-                    continue
-                item, seq = self._item, self._seq
-                self._item, self._has_item = None, False
-            try:
+                if not self._leading:
+                    due = min(self._last + self.quiet, self._first + self.max_wait)
+                    if now < due:
+                        self._cond.wait(due - now)
+                        continue
+                item, seq, leading = self._item, self._seq, self._leading
+                self._item, self._has_item, self._leading = None, False, False
+                self._running, self._started = True, now
                 self.ran += 1
+                self.leading += leading
+            if leading:
+                log.debug("item %d runs at once (leading edge)", seq)
+            try:
                 self._run(item, seq)  # type: ignore[arg-type]
             except Exception:  # noqa: BLE001 - the worker must outlive any one item
                 log.exception("coalesced task failed")
+            finally:
+                with self._cond:
+                    self._running = False
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the worker (a running item finishes first, within ``timeout``)."""
