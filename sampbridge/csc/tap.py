@@ -27,7 +27,13 @@ _GEO = "ivo://ivoa.net/std/TAPRegExt#features-adqlgeo"
 
 
 class Cancelled(CSCError):
-    """The query was cancelled by its caller (e.g. at shutdown); its job was deleted."""
+    """The query was cancelled by its caller (e.g. at shutdown); its job was deleted.
+
+    ``job_deleted`` says whether the service confirmed the deletion (``None`` when no job
+    was made).
+    """
+
+    job_deleted: bool | None = None
 
 
 @dataclass
@@ -77,16 +83,21 @@ class TapClient:
         Size cap of one result.
     job_timeout : float
         Seconds an async job may take before it is aborted and deleted.
+    delete_timeout : float
+        Seconds a job deletion may take: short, so that a stopping caller leaves promptly.
     """
 
     def __init__(self, url: str, session: requests.Session, max_bytes: int = 500_000_000,
-                 job_timeout: float = 600.0) -> None:
+                 job_timeout: float = 600.0, delete_timeout: float = 5.0) -> None:
         self.url = url.rstrip("/")
         self.session = session
         self.max_bytes = max_bytes
         self.job_timeout = job_timeout
+        self.delete_timeout = delete_timeout
         self._caps: TapCapabilities | None = None
         self._lock = threading.Lock()
+        self._deleting: dict[str, tuple[threading.Event, list[bool]]] = {}
+        self._delete_lock = threading.Lock()  # not _lock: that one is held over a network read
 
     def capabilities(self) -> TapCapabilities:
         """Read (once) and return the service's capabilities."""
@@ -157,6 +168,7 @@ class TapClient:
         with translated("TAP query", self.url + "/async"):
             job = AsyncTAPJob.create(self.url, adql, maxrec=maxrec or None, session=self.session)
         job_url = job.url
+        deleted: bool | None = None
         try:
             if on_job:
                 on_job(job_url)
@@ -178,8 +190,12 @@ class TapClient:
                 dest.unlink(missing_ok=True)
                 raise
             return TapResult(dest, summary, result_url, time.perf_counter() - t0, job_url)
+        except Cancelled as exc:
+            deleted = exc.job_deleted = self.delete_job(job_url)
+            raise
         finally:
-            self._delete(job)
+            if deleted is None:
+                self.delete_job(job_url)
 
     def _wait(self, job: AsyncTAPJob, cancel: threading.Event) -> str:
         deadline = time.monotonic() + self.job_timeout
@@ -199,12 +215,55 @@ class TapClient:
                                 "again once sampbridge runs", url=job.url)
             interval = min(interval * 1.5, 2.0)
 
-    def _delete(self, job: AsyncTAPJob) -> None:
+    def delete_job(self, job_url: str) -> bool:
+        """Delete the async job at ``job_url``, within ``delete_timeout`` seconds.
+
+        Parameters
+        ----------
+        job_url : str
+            The job's URL.
+
+        Returns
+        -------
+        bool
+            True when the job is gone (deleted now, or already unknown to the service);
+            False when the service could not be reached or refused (a warning is logged).
+            A second caller while a deletion is under way waits for its outcome.
+        """
+        with self._delete_lock:
+            running = self._deleting.get(job_url)
+            if running is None:
+                running = self._deleting[job_url] = (threading.Event(), [])
+                mine = True
+            else:
+                mine = False
+        done, outcome = running
+        if not mine:
+            done.wait(self.delete_timeout + 1.0)
+            return bool(outcome and outcome[0])
         try:
-            if job.url:
-                job.delete()
+            outcome.append(self._send_delete(job_url))
+        finally:
+            done.set()
+            with self._delete_lock:
+                self._deleting.pop(job_url, None)
+        return outcome[0]
+
+    def _send_delete(self, job_url: str) -> bool:
+        connect = getattr(self.session, "timeout", (self.delete_timeout,))[0]
+        timeout = (min(connect, self.delete_timeout), self.delete_timeout)
+        try:
+            with self.session.delete(job_url, allow_redirects=False, timeout=timeout) as resp:
+                status = resp.status_code
         except Exception as exc:  # noqa: BLE001 - a failed cleanup must not hide the result
-            log.warning("could not delete TAP job %s: %s", job.url, exc)
+            why = (f"no answer within {self.delete_timeout:g} s"
+                   if isinstance(exc, requests.Timeout) else "the service is unreachable")
+            log.warning("could not delete TAP job %s: %s", job_url, why)
+            return False
+        if status < 400 or status in (404, 410):
+            return True
+        log.warning("could not delete TAP job %s: HTTP %d", job_url, status)
+        return False
 
     def query_to_file(self, adql: str, dest: Path, maxrec: int | None = None, *,
                       mode: str = "async", cancel: threading.Event | None = None,
