@@ -27,8 +27,19 @@ class ConfigError(ValueError):
         where = ""
         if path:
             where = f"{path}:{line}: " if line else f"{path}: "
-        keypart = f"{key}: " if key else ""
+        keypart = f"{_clip(key)}: " if key else ""
         super().__init__(f"{where}{keypart}{message}")
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """Return ``text`` cut to ``limit`` characters (a user's text in an error stays short)."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """Return a short repr of a user's value for an error message (never the whole of it)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 4] + "...'"
 
 
 def default_results_dir() -> str:
@@ -254,13 +265,13 @@ def check_value(key: str, value: Any) -> Any:
         raise ConfigError("unknown key", key=key)
     ok_type = isinstance(value, s.type) and not (isinstance(value, bool) and s.type is not bool)
     if not ok_type:
-        raise ConfigError(f"must be {_typename(s.type)}, not {value!r}", key=key)
+        raise ConfigError(f"must be {_typename(s.type)}, not {_show(value)}", key=key)
     if s.type == _F:
         value = float(value)
     if s.check is not None:
         problem = s.check(value)
         if problem:
-            raise ConfigError(f"{problem} (got {value!r})", key=key)
+            raise ConfigError(f"{problem} (got {_show(value)})", key=key)
     return value
 
 
@@ -294,6 +305,156 @@ def defaults() -> Config:
     return Config({s.key: s.default for s in SETTINGS})
 
 
+#: Largest configuration or query YAML file read, in bytes (a real one is a few kB).
+MAX_YAML_BYTES = 1_000_000
+#: Deepest nesting of lists and mappings accepted in YAML (a real file nests 3 levels).
+MAX_YAML_DEPTH = 50
+#: Explicit tags accepted: none, the non-specific ``!`` and ``!!str`` (force text).
+_TAGS_OK = (None, "!", "tag:yaml.org,2002:str")
+
+
+class YAMLRefused(ValueError):
+    """YAML that is not read: a syntax error, or an alias, anchor, tag or complex key.
+
+    ``problem`` is one sentence without the place; ``line`` and ``column`` count from 1.
+    """
+
+    def __init__(self, problem: str, mark: Any = None, syntax: bool = False) -> None:
+        self.problem = problem
+        self.line = mark.line + 1 if mark is not None else None
+        self.column = mark.column + 1 if mark is not None else None
+        self.syntax = syntax
+        super().__init__(problem)
+
+
+def _tag_text(tag: str) -> str:
+    core = "tag:yaml.org,2002:"
+    return _clip("!!" + tag[len(core):] if tag.startswith(core) else tag, 40)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe loader that refuses aliases, tags, complex keys and deep nesting.
+
+    Aliases are refused outright (an anchor alone is harmless), so a "billion laughs" file
+    costs no more than its size.
+    """
+
+    what = "YAML files"
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102
+        event = self.peek_event()
+        mark = event.start_mark
+        if isinstance(event, yaml.AliasEvent):
+            raise YAMLRefused(f"YAML aliases (*name) are not allowed in {self.what}; write the "
+                              "value out again", mark)
+        tag = getattr(event, "tag", None)
+        if tag not in _TAGS_OK:
+            raise YAMLRefused(f"YAML tags such as {_tag_text(tag)} are not allowed in "
+                              f"{self.what}; write plain values", mark)
+        self.depth += 1
+        if self.depth > MAX_YAML_DEPTH:
+            raise YAMLRefused(f"lists and mappings are nested more than {MAX_YAML_DEPTH} "
+                              "levels deep", mark)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        if isinstance(node, yaml.MappingNode):
+            for key, _ in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    raise YAMLRefused(f"complex YAML keys (a list or mapping as a key) are not "
+                                      f"allowed in {self.what}; keys are plain names",
+                                      key.start_mark)
+        return node
+
+
+def _reader_error(text: str, exc: yaml.reader.ReaderError) -> YAMLRefused:
+    pos = exc.position if isinstance(exc.position, int) and exc.position >= 0 else 0
+    before = text[:pos]
+    mark = yaml.Mark("", pos, before.count("\n"), pos - (before.rfind("\n") + 1), None, None)
+    code = f"#x{exc.character:04x}" if isinstance(exc.character, int) else "a character"
+    return YAMLRefused(f"the control character {code} is not allowed in YAML", mark,
+                       syntax=True)
+
+
+def compose_strict(text: str, what: str) -> yaml.Node | None:
+    """Compose YAML text into nodes, refusing what a plain settings file never needs.
+
+    Parameters
+    ----------
+    text : str
+        The YAML.
+    what : str
+        The kind of file, for the message ("query files", "configuration files").
+
+    Returns
+    -------
+    yaml.Node or None
+        The root node (a tree: no node is shared), or ``None`` for an empty document.
+
+    Raises
+    ------
+    YAMLRefused
+        With the line and column, for a syntax error or an alias, a tag (other than
+        ``!!str``), complex key or nesting deeper than :data:`MAX_YAML_DEPTH`.
+    """
+    loader = None
+    try:
+        loader = _StrictLoader(text)
+        loader.what = what
+        return loader.get_single_node()
+    except YAMLRefused:
+        raise
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise YAMLRefused(_clip(exc.problem or exc.context or "syntax error", 120), mark,
+                          syntax=True) from None
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(text, exc) from None
+    except (yaml.YAMLError, RecursionError):
+        raise YAMLRefused("the YAML cannot be read", None, syntax=True) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def plain_value(node: yaml.Node) -> Any:
+    """Return the Python value of a node from :func:`compose_strict`.
+
+    Raises
+    ------
+    YAMLRefused
+        For a value YAML cannot build (such as the date 2001-13-45), with its place.
+    """
+    try:
+        return _construct(node)
+    except _CANNOT_BUILD:
+        pass
+    stack = [node]          # find the scalar at fault, to name its place
+    while stack:
+        item = stack.pop()
+        if isinstance(item, yaml.ScalarNode):
+            try:
+                _construct(item)
+            except _CANNOT_BUILD:
+                node = item
+                break
+        elif isinstance(item, yaml.SequenceNode):
+            stack.extend(reversed(item.value))
+        elif isinstance(item, yaml.MappingNode):
+            stack.extend(n for pair in reversed(item.value) for n in reversed(pair))
+    raise YAMLRefused("this value cannot be read (write it in quotes to make it text)",
+                      node.start_mark)
+
+
+_CANNOT_BUILD = (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError)
+
+
+def _construct(node: yaml.Node) -> Any:
+    return yaml.safe_load(yaml.serialize(node))
+
+
 def _flatten(node: yaml.Node, path: str, prefix: str = "") -> dict[str, tuple[Any, int]]:
     out: dict[str, tuple[Any, int]] = {}
     seen: set[str] = set()
@@ -317,7 +478,10 @@ def _flatten(node: yaml.Node, path: str, prefix: str = "") -> dict[str, tuple[An
             known = sorted(k for k in _BY_KEY if k.startswith(prefix)) if prefix else []
             hint = f" (known here: {', '.join(known)})" if known else ""
             raise ConfigError(f"unknown key{hint}", path, line, key)
-        value = yaml.safe_load(yaml.serialize(vnode))
+        try:
+            value = plain_value(vnode)
+        except YAMLRefused as exc:
+            raise ConfigError(exc.problem, path, exc.line, key) from None
         out[key] = (value, line)
     return out
 
@@ -325,12 +489,13 @@ def _flatten(node: yaml.Node, path: str, prefix: str = "") -> dict[str, tuple[An
 def parse_config_text(text: str, path: str = "<string>") -> Config:
     """Parse YAML text into a validated :class:`Config` over the defaults."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = mark.line + 1 if mark else None
-        col = f", column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"not valid YAML{col}: {exc.problem}", path, line) from None
+        root = compose_strict(text, "configuration files")
+    except YAMLRefused as exc:
+        col = f" (column {exc.column})" if exc.column else ""
+        if exc.syntax:
+            col = f", column {exc.column}" if exc.column else ""
+            raise ConfigError(f"not valid YAML{col}: {exc.problem}", path, exc.line) from None
+        raise ConfigError(f"{exc.problem}{col}", path, exc.line) from None
     cfg = defaults()
     if root is None:
         cfg.path = path
@@ -360,11 +525,17 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     if path is None:
         return defaults()
     p = str(path)
+    from .safefile import FileRefused, read_regular
+
     try:
-        with open(p, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the file: {exc.strerror}", p) from None
+        raw = read_regular(p, MAX_YAML_BYTES, label="it", follow_symlinks=True,
+                           cap_name="the limit for configuration files")
+    except FileRefused as exc:
+        raise ConfigError(f"cannot read the file: {exc}", p) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})", p) from None
     return parse_config_text(text, p)
 
 

@@ -59,6 +59,7 @@ from .queryfiles import (
     QueryFileError,
     is_candidate,
     parse_query_file,
+    query_bytes,
 )
 from .tables import read_table
 
@@ -462,7 +463,7 @@ class QueryFolder:
     # -- processing ---------------------------------------------------------------------
     def _read(self, path: Path) -> bytes:
         """Return the bytes of a query file: the one place the folder reads one for its hash."""
-        return path.read_bytes()
+        return query_bytes(path, self.cfg, self.folder)
 
     def _process_safely(self, path: Path) -> None:
         try:

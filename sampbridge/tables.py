@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import logging
 import os
@@ -20,6 +21,7 @@ from .csc import http
 from .csc.errors import CSCError
 from .csc.siap import safe_name
 from .model import RequestError
+from .safefile import FileMissing, FileRefused, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -125,33 +127,61 @@ def fetch_table(url: str, dest_dir: Path, session, *, max_bytes: int,
     raise TableError(f"the table URL {url} gave an empty body, 3 times")
 
 
-def read_table(path: Path, max_rows: int) -> Table:
-    """Read a VOTable, FITS or CSV table; refuse empty or over-long ones."""
-    fmt = _FORMATS.get(path.suffix.lower())
+#: Size cap of a table file when the caller gives none (the default of ``tables.max_bytes``).
+DEFAULT_TABLE_MAX_BYTES = 200_000_000
+#: What each reader expects, said when a table cannot be parsed (its content is never quoted).
+_UNREADABLE = {
+    "votable": "it is not well-formed VOTable XML",
+    "fits": "it holds no FITS table that can be read",
+    "ascii.csv": "its lines are not a header and rows of comma-separated values with the same "
+                 "number of columns",
+}
+
+
+def read_table(path: Path, max_rows: int, *, max_bytes: int | None = None,
+               root: Path | None = None) -> Table:
+    """Read a VOTable, FITS or CSV table; refuse empty, over-long, over-big or special files.
+
+    The file is read through :func:`sampbridge.safefile.read_regular`: a regular file only (no
+    symbolic link, FIFO or device), within ``max_bytes``.  No error quotes the file's content.
+
+    Parameters
+    ----------
+    path : Path
+        The table file.
+    max_rows : int
+        Most rows accepted (``tables.max_rows``).
+    max_bytes : int, optional
+        Size cap (``tables.max_bytes``); default :data:`DEFAULT_TABLE_MAX_BYTES`.
+    root : Path, optional
+        A folder the file must lie in, reached without symbolic links or ``..``.
+
+    Raises
+    ------
+    TableError
+        One sentence on what is wrong and what to do.
+    """
+    cap = DEFAULT_TABLE_MAX_BYTES if max_bytes is None else max_bytes
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(512)
-    except OSError as exc:
-        raise TableError(f"cannot read the table file {path}: {exc.strerror}") from None
+        data = read_regular(path, cap, root, cap_name="tables.max_bytes")
+    except FileMissing:
+        raise TableError(f"cannot read the table file {path.name}: it does not exist") from None
+    except FileRefused as exc:
+        raise TableError(str(exc)) from None
+    fmt = _FORMATS.get(path.suffix.lower())
+    head = data[:512]
     if head.startswith(b"SIMPLE  ="):
         fmt = "fits"
     elif b"<VOTABLE" in head or head.lstrip().startswith(b"<?xml"):
         fmt = "votable"
+    if fmt not in _UNREADABLE:
+        raise TableError(f"{path.name} is neither VOTable, FITS nor CSV")
     try:
         with quiet_astropy():
-            if fmt == "fits":
-                table = Table.read(path, format="fits", hdu=1 if _has_table_hdu(path) else None)
-            elif fmt == "votable":
-                table = Table.read(path, format="votable")
-            elif fmt == "ascii.csv":
-                table = Table.read(path, format="ascii.csv")
-            else:
-                raise TableError(f"{path.name} is neither VOTable, FITS nor CSV")
-    except TableError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any reader failure means: not a table we can use
-        raise TableError(f"this is not a readable table ({fmt or 'unknown format'}): "
-                         f"{_short(exc)}") from None
+            table = _parse_table(data, fmt)
+    except Exception:  # noqa: BLE001 - any reader failure means: not a table we can use
+        # the reader's own message may quote the file (a first line, a tag): never pass it on
+        raise TableError(f"this is not a readable table ({fmt}): {_UNREADABLE[fmt]}") from None
     if len(table) == 0:
         raise TableError("the table is empty: there are no rows to match")
     if len(table) > max_rows:
@@ -160,16 +190,14 @@ def read_table(path: Path, max_rows: int) -> Table:
     return table
 
 
-def _has_table_hdu(path: Path) -> bool:
-    from astropy.io import fits
+def _parse_table(data: bytes, fmt: str) -> Table:
+    if fmt == "fits":
+        from astropy.io import fits
 
-    with fits.open(path) as hdul:
-        return len(hdul) > 1 and isinstance(hdul[1], (fits.BinTableHDU, fits.TableHDU))
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200] + ("..." if len(text) > 200 else "")
+        with fits.open(io.BytesIO(data)) as hdul:
+            has_table = len(hdul) > 1 and isinstance(hdul[1], (fits.BinTableHDU, fits.TableHDU))
+        return Table.read(io.BytesIO(data), format="fits", hdu=1 if has_table else None)
+    return Table.read(io.BytesIO(data), format=fmt)
 
 
 def _ucd(col) -> str:  # noqa: ANN001

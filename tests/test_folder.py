@@ -71,11 +71,12 @@ def test_every_file_type(folder, qdir):
         "- cone: {ra: 0.02, dec: 1.5}\n"
         "- siap: {ra: 246.7925, dec: -24.32027}\n"
         "- tap: {adql: 'SELECT TOP 3 name FROM csc21.master_source'}\n  name: three\n"
-        "- match: {table: ../src.vot, radius: 5}\n")
+        "- match: {table: tables/src.vot, radius: 5}\n")
     t = sources_table()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        t.write(qdir.parent / "src.vot", format="votable")
+        (qdir / "tables").mkdir()       # a match: table lies inside the folder
+        t.write(qdir / "tables" / "src.vot", format="votable")
         t.write(qdir / "list.vot", format="votable")
         t.write(qdir / "list2.xml", format="votable")
         t.write(qdir / "list3.fits", format="fits")
