@@ -176,8 +176,7 @@ def test_a_dropped_table_never_takes_its_match_result_name(make_folder, qdir, tm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         match = Table.read(done / "pos100.match.vot", format="votable")
-    assert len(match) > 0 and "separation" in " ".join(match.colnames).lower() or \
-        len(match.colnames) > len(t.colnames)
+    assert len(match) > 0 and len(match.colnames) > len(t.colnames)    # CSC columns joined
     # four tables with the same stem: four queries kept intact, four match results, no name
     # shared between a query and a result
     names: list[str] = []
@@ -346,7 +345,7 @@ def test_no_reservation_is_left_behind_by_any_failure(make_folder, qdir, monkeyp
         assert (qdir / "failed" / name).is_file() and \
             (qdir / "failed" / f"{name}.error.txt").is_file(), name
     assert not list(qdir.rglob("*.reserved")) and not list((qdir / "done").iterdir())
-    assert not list(f.work_root.iterdir()) if f.work_root.exists() else True
+    assert not f.work_root.exists() or not list(f.work_root.iterdir())   # staging emptied
     # the names boom claimed are free again: the same name gets the same base
     monkeypatch.setattr(f.engine, "run_cone", real)
     (qdir / "boom.yaml").write_text(CONE)
