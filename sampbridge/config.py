@@ -196,6 +196,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tables.max_rows", 200_000, int, "Most rows a received table may have.", _positive),
     Setting("tables.allow_remote", False, bool,
             "Fetch tables from http(s) hosts other than this machine (off: loopback only)."),
+    Setting("tables.fetch_timeout", 120.0, _F,
+            "Seconds a received table's download may take in all (connection, waits and body), "
+            "however slowly its server sends it.", _range(0.1, 86400.0)),
     Setting("tables.cache_size", 32, int,
             "Known tables kept for table.highlight.row and table.select.rowList (LRU).",
             _range(1, 10000)),

@@ -24,7 +24,7 @@ from .csc.errors import CSCError
 from .engine import Engine, ImageResult, MatchResult, TableResult, tabledata_copy
 from .flow import Coalescer, EchoGuard
 from .folder import FileOutcome, QueryFolder
-from .model import ConeRequest, RequestError, SiapRequest, TapRequest, parse_position
+from .model import ConeRequest, RequestError, SiapRequest, TapRequest, _show, parse_position
 from .samp.connection import Delivery, HubConnection, Message
 from .tables import KnownTable, KnownTables, TableError, fetch_table
 
@@ -75,6 +75,40 @@ def _error_text(exc: BaseException) -> str:
     return f"internal error ({exc.__class__.__name__}: {exc})"
 
 
+def _kind(value: Any) -> str:
+    """Name a SAMP value's type for a message: 'a list', 'a map', ..."""
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a map"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return f"a {type(value).__name__}"
+
+
+def _text_param(params: dict[str, Any], key: str) -> str | None:
+    """Return ``params[key]`` if it is text (or absent); refuse a list, a map or the like."""
+    value = params.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise RequestError(f"'{key}' must be text, not {_kind(value)}")
+
+
+def _row_number(value: Any, key: str = "row") -> int:
+    """Read a row number given as text (or a number); refuse anything else in one sentence."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            pass
+        raise RequestError(f"'{key}' must be a row number, not {_show(value)}")
+    raise RequestError(f"'{key}' must be a row number, not {_kind(value)}")
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _debug_text(exc: BaseException) -> str | None:
     if isinstance(exc, CSCError):
         parts = [f"url={exc.url}" if exc.url else "", f"http={exc.status}" if exc.status else ""]
@@ -100,6 +134,10 @@ class Daemon:
         self.cancel = threading.Event()
         self.executor = ThreadPoolExecutor(max_workers=cfg["workers"],
                                            thread_name_prefix="query")
+        # long work (TAP jobs, table matches) has its own, smaller pool, so that it can never
+        # hold up the short queries (cones, SIAP, sky clicks) of the main one
+        self.long_pool = ThreadPoolExecutor(max_workers=max(1, cfg["workers"] // 2),
+                                            thread_name_prefix="long")
         self.echo = EchoGuard(cfg["echo.window"], cfg["echo.radius"])
         self.coalescer: Coalescer[tuple[float, float, str, float]] = Coalescer(
             self._run_point, cfg["pointat.quiet"], cfg["pointat.max_wait"], name="pointat")
@@ -167,6 +205,7 @@ class Daemon:
             self.folder.stop(grace)
         self.coalescer.stop(grace)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.long_pool.shutdown(wait=False, cancel_futures=True)
         deadline = time.monotonic() + grace
         while self._active and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -386,14 +425,18 @@ class Daemon:
 
     def _on_tap(self, msg: Message) -> None:
         self._query(msg, lambda: TapRequest.from_params(msg.params, self.cfg),
-                    lambda req: self.engine.run_tap(req, cancel=self.cancel))
+                    lambda req: self.engine.run_tap(req, cancel=self.cancel), long=True)
 
     def _query(self, msg: Message, build: Callable[[], Any], run: Callable[[Any], Any],
-               prepare: Callable[[Any], Any] | None = None) -> None:
+               prepare: Callable[[Any], Any] | None = None, *, long: bool = False) -> None:
         """Validate now, run on a worker, reply when done or early with 'pending'.
 
-        ``prepare`` runs on the worker before the early-reply timer starts: a table is fetched
-        before any reply, because some senders (STILTS) withdraw its URL once they get one.
+        The early-reply timer starts now, when the call is accepted, so the caller hears back
+        within ``reply_within`` however busy the workers are.  ``long`` work (TAP jobs, table
+        matches) runs on its own bounded pool, so it cannot hold up short queries.
+        ``prepare`` runs on the worker first: a table is fetched there, because some senders
+        (STILTS) withdraw its URL once they get a reply; a fetch still running at
+        ``reply_within`` gets the 'pending' reply all the same.
         """
         self.stats["received"] += 1
         try:
@@ -406,10 +449,17 @@ class Daemon:
             msg.defer()
             with self._pending_lock:
                 self._pending.add(msg)
-        self._submit(self._run_and_deliver, msg, run, req, prepare)
+        timer = self._arm_pending_timer(msg)
+        if self._submit(self._run_and_deliver, msg, run, req, prepare, timer,
+                        pool=self.long_pool if long else self.executor) is None:
+            if timer is not None:
+                timer.cancel()
+            with self._pending_lock:
+                self._pending.discard(msg)
 
-    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future | None:
-        """Run ``fn`` on the worker pool, counting it while it runs."""
+    def _submit(self, fn: Callable[..., Any], *args: Any,
+                pool: ThreadPoolExecutor | None = None) -> Future | None:
+        """Run ``fn`` on ``pool`` (the main worker pool by default), counting it while it runs."""
         def counted() -> Any:
             with self._pending_lock:
                 self._active += 1
@@ -419,7 +469,7 @@ class Daemon:
                 with self._pending_lock:
                     self._active -= 1
         try:
-            return self.executor.submit(counted)
+            return (pool or self.executor).submit(counted)
         except RuntimeError:            # shutting down
             msg = next((a for a in args if isinstance(a, Message)), None)
             if msg is not None:
@@ -442,7 +492,8 @@ class Daemon:
         ensure_private_dir(self.incoming)
         path = fetch_table(job.url, self.incoming, self.engine.session,
                            max_bytes=self.cfg["tables.max_bytes"],
-                           allow_remote=self.cfg["tables.allow_remote"])
+                           allow_remote=self.cfg["tables.allow_remote"],
+                           deadline=self.cfg["tables.fetch_timeout"], cancel=self.cancel)
         entry = KnownTable(job.table_id, job.url, path, job.name)
         entry.table(self.cfg["tables.max_rows"])
         self.known.put(entry)
@@ -466,40 +517,53 @@ class Daemon:
 
     def _table_job(self, msg: Message, rows: tuple[int, ...] | None = None) -> MatchJob:
         p = msg.params
-        url = p.get("url")
-        if not isinstance(url, str) or not url.strip():
+        url = _text_param(p, "url")
+        if url is None or not url.strip():
             raise TableError("the message has no table 'url'")
-        table_id = str(p.get("table-id") or url)
-        name = str(p.get("name") or Path(url.rstrip("/")).name or "table")
+        table_id = _text_param(p, "table-id") or url
+        name = _text_param(p, "name") or Path(url.rstrip("/")).name or "table"
         radius = mode = None
         if "radius" in p:
             from .model import _opt_float
 
             radius = _opt_float(p, "radius", self.cfg["match.radius"], 0.0, 3600.0, "arcsec")
         if "mode" in p:
+            if not isinstance(p["mode"], str):
+                raise RequestError(f"'mode' must be best or all, not {_kind(p['mode'])}")
             if p["mode"] not in ("best", "all"):
-                raise RequestError(f"'mode' must be best or all, not {p['mode']!r}")
+                raise RequestError(f"'mode' must be best or all, not {_show(p['mode'])}")
             mode = p["mode"]
         return MatchJob(url.strip(), table_id, name, rows, radius, mode)
 
     def _on_table_load(self, msg: Message) -> None:
         if msg.sender_id == self.conn.self_id:
             return
-        self._query(msg, lambda: self._table_job(msg), self._match, prepare=self._fetch)
+        self._query(msg, lambda: self._table_job(msg), self._match, prepare=self._fetch,
+                    long=True)
 
     def _on_match(self, msg: Message) -> None:
-        self._query(msg, lambda: self._table_job(msg), self._match, prepare=self._fetch)
+        self._query(msg, lambda: self._table_job(msg), self._match, prepare=self._fetch,
+                    long=True)
 
     def _known(self, msg: Message) -> KnownTable | None:
-        entry = self.known.get(msg.params.get("table-id"), msg.params.get("url"))
+        try:
+            table_id, url = _text_param(msg.params, "table-id"), _text_param(msg.params, "url")
+        except RequestError as exc:
+            self._refuse_or_log(msg, exc)
+            return None
+        entry = self.known.get(table_id, url)
         if entry is None:
-            text = (f"sampbridge does not know table {msg.params.get('table-id') or '?'} "
-                    f"({msg.params.get('url') or 'no url'}): send the table to sampbridge first")
-            if msg.is_call:
-                self._refuse(msg, TableError(text))
-            else:
-                log.debug("%s from %s: %s", msg.mtype, msg.sender_name, text)
+            self._refuse_or_log(msg, TableError(
+                f"sampbridge does not know table {_clip(table_id or '?')} "
+                f"({_clip(url or 'no url')}): send the table to sampbridge first"))
         return entry
+
+    def _refuse_or_log(self, msg: Message, exc: RequestError) -> None:
+        """Refuse a call; for a notification, which nobody hears back from, only log."""
+        if msg.is_call:
+            self._refuse(msg, exc)
+        else:
+            log.debug("%s from %s: %s", msg.mtype, msg.sender_name, exc)
 
     def _on_highlight(self, msg: Message) -> None:
         self.stats["received"] += 1
@@ -507,17 +571,13 @@ class Daemon:
         if entry is None:
             return
         try:
-            row = int(str(msg.params.get("row", "")).strip())
+            row = _row_number(msg.params.get("row", ""))
             pos = entry.positions(self.cfg["tables.max_rows"])
             if not 0 <= row < len(pos.ra):
                 raise TableError(f"row {row} is outside table '{entry.name}' "
                                  f"({len(pos.ra)} rows)")
             if not pos.valid[row]:
                 raise TableError(f"row {row} of '{entry.name}' has no usable position")
-        except ValueError:
-            self._refuse(msg, RequestError(f"'row' must be a row number, not "
-                                           f"{msg.params.get('row')!r}"))
-            return
         except (TableError, RequestError) as exc:
             self._refuse(msg, exc)
             return
@@ -541,12 +601,12 @@ class Daemon:
             if not isinstance(raw, list) or not raw:
                 raise RequestError("'row-list' must be a non-empty list of row numbers")
             try:
-                rows = tuple(int(str(r).strip()) for r in raw)
-            except ValueError:
+                rows = tuple(_row_number(r, "row-list") for r in raw)
+            except RequestError:
                 raise RequestError("'row-list' must hold row numbers only") from None
             return MatchJob(entry.url, entry.table_id, entry.name, rows, entry=entry)
 
-        self._query(msg, build, self._match)
+        self._query(msg, build, self._match, long=True)
 
     def _reply_pending(self, msg: Message) -> None:
         if msg.reply_ok({"status": "pending", "message": "The query is still running; its "
@@ -555,12 +615,11 @@ class Daemon:
                      self.cfg["reply_within"])
 
     def _run_and_deliver(self, msg: Message, run: Callable[[Any], Any], req: Any,
-                         prepare: Callable[[Any], Any] | None = None) -> None:
-        timer = None
+                         prepare: Callable[[Any], Any] | None = None,
+                         timer: threading.Timer | None = None) -> None:
         try:
             if prepare is not None:
                 req = prepare(req)
-            timer = self._arm_pending_timer(msg)
             res = run(req)
             self.stats["queries"] += 1
             if isinstance(res, MatchResult):

@@ -7,8 +7,10 @@ import ipaddress
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -18,7 +20,7 @@ from astropy.table import Table
 
 from ._astropy import quiet_astropy
 from .csc import http
-from .csc.errors import CSCError
+from .csc.errors import CSCError, ServiceTimeout
 from .csc.siap import safe_name
 from .model import RequestError
 from .safefile import FileMissing, FileRefused, read_regular
@@ -71,13 +73,32 @@ def url_to_path(url: str) -> Path | None:
 
 
 def fetch_table(url: str, dest_dir: Path, session, *, max_bytes: int,
-                allow_remote: bool = False) -> Path:
+                allow_remote: bool = False, deadline: float | None = None,
+                cancel: threading.Event | None = None) -> Path:
     """Copy the table at ``url`` into ``dest_dir`` (file: or loopback http) and return its path.
+
+    Parameters
+    ----------
+    url : str
+        A ``file:`` URL, or an http(s) URL on this machine (anywhere with ``allow_remote``).
+    dest_dir : Path
+        Where the private copy goes.
+    session : requests.Session
+        The session http(s) downloads use (with its connect and read timeouts).
+    max_bytes : int
+        Size cap of the table.
+    allow_remote : bool
+        Allow http(s) hosts other than this machine.
+    deadline : float, optional
+        Most seconds an http(s) download may take in all, however slowly its server sends.
+    cancel : threading.Event, optional
+        When set, a running download is abandoned (checked as each piece arrives).
 
     Raises
     ------
     TableError
-        For a refused scheme or host, a missing file, or a table over ``max_bytes``.
+        For a refused scheme or host, a missing file, a table over ``max_bytes``, a download
+        that did not finish within ``deadline``, or one abandoned by ``cancel``.
     """
     if not isinstance(url, str) or not url.strip():
         raise TableError("the message has no table 'url'")
@@ -106,15 +127,25 @@ def fetch_table(url: str, dest_dir: Path, session, *, max_bytes: int,
     if not allow_remote and not _is_loopback(parts.hostname or ""):
         raise TableError(f"refusing to fetch a table from {parts.hostname}: only this machine "
                          "(127.0.0.1, localhost) is allowed unless tables.allow_remote is true")
+    give_up_at = None if deadline is None else time.monotonic() + deadline
     # a peer's built-in HTTP server (STILTS, TOPCAT) once answered 200 with an empty body
     # under load; no table is empty, so an empty body is fetched again, a few times
     for attempt, pause in enumerate((0.2, 0.5, None)):
+        left = None if give_up_at is None else give_up_at - time.monotonic()
         try:
+            if left is not None and left <= 0:
+                raise ServiceTimeout(f"table download: the download did not finish within "
+                                     f"{deadline:g} s", url=url)
             size = http.download(session, url, dest, what="table download",
-                                 max_bytes=max_bytes, retries=2)
+                                 max_bytes=max_bytes, retries=2, deadline=left,
+                                 on_chunk=_abandon_if(cancel))
         except CSCError as exc:
             if exc.status == 404:
                 raise TableError(f"the table URL {url} does not exist (HTTP 404)") from None
+            if isinstance(exc, ServiceTimeout) and give_up_at is not None \
+                    and time.monotonic() >= give_up_at:
+                raise TableError(f"cannot fetch the table: the download from {url} did not "
+                                 f"finish within {deadline:g} s (tables.fetch_timeout)") from None
             raise TableError(f"cannot fetch the table: {exc}") from None
         if size > 0:
             return dest
@@ -125,6 +156,18 @@ def fetch_table(url: str, dest_dir: Path, session, *, max_bytes: int,
                  attempt + 1)
         time.sleep(pause)
     raise TableError(f"the table URL {url} gave an empty body, 3 times")
+
+
+def _abandon_if(cancel: threading.Event | None) -> Callable[[bytes], None] | None:
+    """Return a download's ``on_chunk`` that stops it once ``cancel`` is set."""
+    if cancel is None:
+        return None
+
+    def check(_chunk: bytes) -> None:
+        if cancel.is_set():
+            raise TableError("the table download was abandoned because sampbridge is stopping")
+
+    return check
 
 
 #: Size cap of a table file when the caller gives none (the default of ``tables.max_bytes``).

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import astropy
 import pyvo
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from .. import __version__
@@ -90,15 +91,20 @@ def _retry_after(resp: requests.Response | None, attempt: int) -> float:
 
 
 def request(session: requests.Session, method: str, url: str, what: str, *,
-            retries: int = 0, stream: bool = False, **kwargs: Any) -> requests.Response:
+            retries: int = 0, stream: bool = False, give_up_at: float | None = None,
+            **kwargs: Any) -> requests.Response:
     """Send one request and turn every transport failure into a :class:`CSCError`.
 
     GET requests are retried ``retries`` times after a connection error, a timeout, 429 or
-    502/503/504, with backoff (and ``Retry-After`` where the server sends it).
+    502/503/504, with backoff (and ``Retry-After`` where the server sends it); no retry starts
+    after ``give_up_at`` (a :func:`time.monotonic` time), if given.
     """
     attempts = 1 + (retries if method.upper() == "GET" else 0)
     last: CSCError | None = None
     for attempt in range(attempts):
+        if attempt and give_up_at is not None and time.monotonic() >= give_up_at:
+            raise last or ServiceTimeout(f"{what}: the service stayed busy until the deadline",
+                                         url=url)
         resp = None
         try:
             resp = session.request(method, url, stream=stream, **kwargs)
@@ -139,7 +145,8 @@ def _short(exc: BaseException) -> str:
 def download(session: requests.Session, url: str, dest: Path, *, what: str,
              max_bytes: int, method: str = "GET", params: Mapping[str, Any] | None = None,
              data: Any = None, retries: int = 0,
-             on_chunk: Callable[[bytes], None] | None = None) -> int:
+             on_chunk: Callable[[bytes], None] | None = None,
+             deadline: float | None = None) -> int:
     """Stream a response body to ``dest`` atomically; return the number of bytes written.
 
     The body goes to ``dest`` + ``.part`` and is renamed into place only when complete, so a
@@ -147,16 +154,25 @@ def download(session: requests.Session, url: str, dest: Path, *, what: str,
     ``on_chunk``, if given, sees every chunk as it is written (to check the body in the same
     pass, see :class:`.votable.StreamScan`).
 
+    ``deadline``, if given, is the most seconds the whole download may take, retries and body
+    included, however steadily a slow server trickles its bytes.  It is checked between
+    chunks, and the read timeout is cut to it, so a download ends at most one read timeout
+    (itself at most ``deadline``) late.
+
     Raises
     ------
     ResultTooLarge
         If the body is larger than ``max_bytes``.
+    ServiceTimeout
+        If the download did not finish within ``deadline`` seconds.
     CSCError
         For any HTTP or transport failure.
     """
     part = dest.with_name(dest.name + ".part")
+    give_up_at = None if deadline is None else time.monotonic() + deadline
+    timeout = None if deadline is None else _capped_timeout(session, deadline)
     resp = request(session, method, url, what, retries=retries, stream=True, params=params,
-                   data=data)
+                   data=data, give_up_at=give_up_at, timeout=timeout)
     with resp:
         raise_for_http(resp, what)
         length = resp.headers.get("Content-Length")
@@ -167,7 +183,7 @@ def download(session: requests.Session, url: str, dest: Path, *, what: str,
         try:
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as fh:
-                for chunk in resp.iter_content(_CHUNK):
+                for chunk in _chunks(resp, what, give_up_at, deadline):
                     total += len(chunk)
                     if total > max_bytes:
                         raise ResultTooLarge(f"{what}: the result is over the cap of "
@@ -177,7 +193,7 @@ def download(session: requests.Session, url: str, dest: Path, *, what: str,
                     if on_chunk is not None:
                         on_chunk(chunk)
             os.replace(part, dest)
-        except requests.exceptions.RequestException as exc:
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
             part.unlink(missing_ok=True)
             raise ServiceError(f"{what}: the response was cut off", url=resp.url,
                                status=resp.status_code, service_message=_short(exc)) from None
@@ -185,3 +201,29 @@ def download(session: requests.Session, url: str, dest: Path, *, what: str,
             part.unlink(missing_ok=True)
             raise
     return total
+
+
+def _capped_timeout(session: requests.Session, deadline: float) -> tuple[float, float]:
+    """Return the session's (connect, read) timeout, each cut to ``deadline`` seconds."""
+    connect, read = getattr(session, "timeout", None) or (10.0, 120.0)
+    return min(connect, deadline), min(read, deadline)
+
+
+def _chunks(resp: requests.Response, what: str, give_up_at: float | None,
+            deadline: float | None) -> Iterator[bytes]:
+    """Yield the body in chunks; with a deadline, each as it arrives, until the deadline.
+
+    ``iter_content`` fills a whole chunk before it returns one, so a body trickled a byte a
+    second never yields; ``read1`` returns what one read brought.
+    """
+    if give_up_at is None:
+        yield from resp.iter_content(_CHUNK)
+        return
+    while True:
+        if time.monotonic() >= give_up_at:
+            raise ServiceTimeout(f"{what}: the download did not finish within {deadline:g} s",
+                                 url=resp.url, status=resp.status_code)
+        chunk = resp.raw.read1(_CHUNK, decode_content=True)
+        if not chunk:
+            return
+        yield chunk
