@@ -412,7 +412,9 @@ class QueryFolder:
             return
         for name in names:
             p = self.folder / name
-            if p.is_file():
+            # every entry but a folder: a FIFO, a device link or a dangling link is refused
+            # (set aside in failed/) at once, not left to wait for a close that never comes
+            if not p.is_dir() or p.is_symlink():
                 self.notice(p, closed=True)
         self.scans += 1
 
@@ -433,7 +435,7 @@ class QueryFolder:
         with self._lock:
             for path, entry in list(self._candidates.items()):
                 try:
-                    st = path.stat()
+                    st = path.lstat()       # never follow a link: a dangling one is refused
                 except FileNotFoundError:
                     del self._candidates[path]
                     self._stuck.pop(path, None)
@@ -639,7 +641,8 @@ class QueryFolder:
                     res = self.engine.run_tap(req, dest=dest, cancel=self.cancel)
                 else:
                     assert isinstance(req, MatchFileRequest)
-                    table = read_table(req.table, self.cfg["tables.max_rows"])
+                    table = read_table(req.table, self.cfg["tables.max_rows"],
+                                       max_bytes=self.cfg["tables.max_bytes"], root=req.root)
                     res = self.engine.run_match(table, fr.name or req.name, dest=dest,
                                                 radius_arcsec=req.radius, mode=req.mode)
             except Cancelled:
@@ -759,7 +762,7 @@ class QueryFolder:
 
     def _remember_stuck(self, path: Path, key: str | None) -> None:
         try:
-            st = path.stat()
+            st = path.lstat()
         except OSError:
             return
         with self._lock:

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_safefile import BOMB_LEVELS, GB3, SECRET, peak_rss_growth
 
 from sampbridge.engine import Engine
 from sampbridge.folder import QueryFolder
 from sampbridge.model import _show
 
 from conftest import wait_for
+from helpers import BOMB_LEVELS, GB3, SECRET, peak_rss_growth
 
 pytestmark = pytest.mark.server
 
@@ -183,3 +183,27 @@ def test_all_hostile_files_at_once_then_a_good_one(folder, qdir, outside, caplog
     rss = int(status.split("VmRSS:")[1].split()[0]) * 1024
     assert peak - rss < 200 * 2**20, (peak, rss)       # no file was read into memory
     assert_no_secret(qdir, caplog)
+
+
+def test_special_files_are_refused_without_waiting_for_a_close(cfg, qdir, tmp_path):
+    """With the shipped settle_max (60 s), a FIFO, a link to a device and a dangling link are
+    seen by the rescan and set aside at once: none waits for a writer's close."""
+    engine = Engine(cfg)
+    f = QueryFolder(qdir, engine, None, settle=0.2, settle_max=60.0, workers=1,
+                    scan_interval=0.3)
+    qdir.mkdir(parents=True)
+    os.mkfifo(qdir / "p.adql")
+    (qdir / "z.csv").symlink_to("/dev/zero")
+    (qdir / "gone.yaml").symlink_to(tmp_path / "no-such-file.yaml")
+    f.start()
+    try:
+        for name in ("p.adql", "z.csv", "gone.yaml"):
+            err = qdir / "failed" / f"{name}.error.txt"
+            wait_for(err.exists, 20, what=f"{name} set aside")
+            assert ONLY in err.read_text() or "not a regular file" in err.read_text(), \
+                err.read_text()
+        assert not [p for p in qdir.iterdir() if p.name not in ("failed", "done", "status.log",
+                                                                 ".sampbridge")]
+    finally:
+        f.stop()
+        engine.close()
