@@ -3,38 +3,21 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import pytest
 import requests
 from astropy.io import fits
 from astropy.io.votable import parse_single_table
 from astropy.wcs import WCS
-from pyvo.dal import SCSService
 
 from sampbridge.csc.adql import cone_query
 from sampbridge.csc.errors import QueryError
 from sampbridge.engine import Engine
 from sampbridge.model import ConeRequest, SiapRequest, TapRequest
 
+from helpers import GUIDE, direct_cone, names
+
 pytestmark = pytest.mark.server
-
-GUIDE = Path(__file__).parent / "data" / "cxc_guide"
-
-
-def names(path: Path) -> list[str]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t = parse_single_table(str(path)).to_table()
-    return sorted(str(n) for n in t["name"])
-
-
-def direct_cone(base: str, ra: float, dec: float, sr: float, verb: int = 2) -> list[str]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t = SCSService(f"{base}/csc21scs/coneSearch").search((ra, dec), sr, verbosity=verb)
-    return sorted(str(n) for n in t.to_table()["name"])
-
 
 @pytest.fixture
 def engine(cfg):

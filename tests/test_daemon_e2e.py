@@ -10,9 +10,6 @@ import subprocess
 import sys
 import time
 import warnings
-from pathlib import Path
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 import pytest
 from astropy.io import fits
@@ -22,15 +19,11 @@ from astropy.wcs import WCS
 from sampbridge.samp.connection import Message
 
 from conftest import local_config, wait_for
-from test_csc_server import GUIDE, direct_cone, names
+from helpers import GUIDE, direct_cone, names, path_of
 
 pytestmark = pytest.mark.server
 
 RHO = {"ra": "246.7925", "dec": "-24.32027"}
-
-
-def path_of(url: str) -> Path:
-    return Path(url2pathname(urlsplit(url).path))
 
 
 @pytest.fixture

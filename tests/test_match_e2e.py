@@ -17,7 +17,7 @@ from sampbridge.engine import Engine
 from sampbridge.model import TapRequest
 
 from conftest import wait_for
-from test_daemon_e2e import path_of
+from helpers import path_of
 
 pytestmark = pytest.mark.server
 

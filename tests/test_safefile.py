@@ -11,9 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,38 +20,11 @@ from sampbridge.queryfiles import MAX_QUERY_BYTES, QueryFileError, parse_query_f
 from sampbridge.safefile import FileMissing, FileRefused, check_regular, copy_regular, read_regular
 from sampbridge.tables import TableError, read_table
 
-SECRET = "SECRET-MARKER-6b1d93"
-GB3 = 3 * 10**9
-
-#: The "billion laughs": 9 levels of 9 aliases each, about 500 bytes (9**9 strings if expanded).
-BOMB_LEVELS = "\n".join(
-    [f'a: &a [{", ".join(["lol"] * 9)}]']
-    + [f"{c}: &{c} [{', '.join(['*' + p] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi",
-                                                                     strict=True)])
-QUERY_BOMB = BOMB_LEVELS + "\ncone: {ra: *i, dec: 1}\n"
+from helpers import BOMB_LEVELS, GB3, QUERY_BOMB, SECRET, peak_rss_growth
 
 
 def _short_id(value: object) -> str:
     return repr(value)[1:25]
-
-
-def peak_rss_growth(fn: Callable[[], Any]) -> tuple[int, Any, float]:
-    """Run ``fn``; return how far the peak RSS rose over the RSS before (bytes), and its time."""
-    def status(field: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError(field)
-
-    Path("/proc/self/clear_refs").write_text("5")     # reset VmHWM to the current RSS
-    before = status("VmRSS")
-    t0 = time.perf_counter()
-    try:
-        result: Any = fn()
-    except Exception as exc:  # noqa: BLE001 - the caller looks at what was raised
-        result = exc
-    secs = time.perf_counter() - t0
-    return status("VmHWM") - before, result, secs
 
 
 @pytest.fixture
