@@ -927,6 +927,8 @@ class FrontServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 refuses connections when 50 clients call at once
+    request_queue_size = 128
 
     def __init__(self, addr: tuple[str, int], state: FrontState) -> None:
         super().__init__(addr, Handler)
