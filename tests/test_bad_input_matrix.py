@@ -4,6 +4,7 @@ files.  Each gets its readable error, the daemon survives all of them, and no qu
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import sys
 import pytest
 
 from conftest import wait_for
+from helpers import BOMB_LEVELS, SECRET
 
 pytestmark = pytest.mark.server
 
@@ -47,6 +49,10 @@ MATRIX: list[tuple[str, object, str]] = [
     ("call", ("table.highlight.row", {"table-id": "nope", "row": "1"}), "does not know table"),
     ("call", ("table.select.rowList", {"table-id": "nope", "row-list": ["1"]}),
      "does not know table"),
+    ("call", ("table.highlight.row", {"table-id": ["a", "b"], "row": "1"}),
+     "'table-id' must be text"),
+    ("call", ("table.highlight.row", {"table-id": {"a": "b"}, "row": "1"}),
+     "'table-id' must be text"),
     # table URLs
     ("call", (TLOAD, {}), "no table 'url'"),
     ("call", (TLOAD, {"url": "gopher://127.0.0.1/x"}), "only file:"),
@@ -65,6 +71,17 @@ MATRIX: list[tuple[str, object, str]] = [
     ("file", ("opt.sql", "-- maxrecs: 5\nSELECT 1 AS x FROM csc21.master_source\n"),
      "unknown option 'maxrecs'"),
     ("file", ("t.csv", "a,b\n1,2\n"), "no position columns found"),
+    # hostile query files (issue 11): escapes, bombs, tags, special files, other encodings
+    ("file", ("bomb.yaml", BOMB_LEVELS + "\ncone: {ra: *i, dec: 1}\n"), "YAML aliases"),
+    ("file", ("tag.yaml", "cone: {ra: !custom 1, dec: 2}\n"), "YAML tags such as !custom"),
+    ("file", ("obj.yaml", "cone: !!python/object:os.system {}\n"), "YAML tags"),
+    ("file", ("cplx.yaml", "? [a, b]\n: 1\n"), "line 1, column"),
+    ("file", ("out.yaml", "match: {table: ../outside.csv}\n"), "only files inside the query folder"),
+    ("file", ("latin.adql", "SELECT name FROM csc21.master_source WHERE name = '\xe9'\n"
+              .encode("latin-1")), "not UTF-8 text"),
+    ("link", ("shadow.csv", "{tmp}/outside.csv"), "is a symbolic link"),
+    ("link", ("zero.csv", "/dev/zero"), "is a symbolic link"),
+    ("fifo", "pipe.adql", "named pipe"),
     # config files
     ("config", "cone:\n  radius: -1\n", "c.yaml:2: cone.radius: must be between"),
     ("config", "hub:\n  mode: sometimes\n", "c.yaml:2: hub.mode: must be one of"),
@@ -72,6 +89,8 @@ MATRIX: list[tuple[str, object, str]] = [
     ("config", "services:\n  cone: not-a-url\n", "c.yaml:2: services.cone: must be an http"),
     ("config", "folder: [1, 2]\n", "c.yaml:1: folder: must be a mapping"),
     ("config", ": : :\n", "not valid YAML"),
+    ("config", BOMB_LEVELS + "\nrelease: *i\n", "YAML aliases"),
+    ("config", "release: !custom 1\n", "YAML tags"),
 ]
 
 
@@ -83,6 +102,7 @@ def test_bad_input_matrix(cfg, make_daemon, make_peer, tmp_path):
 
     (tmp_path / "notatable.vot").write_text("this is not a VOTable")
     (tmp_path / "nopos.csv").write_text("flux,mag\n1,2\n")
+    (tmp_path / "outside.csv").write_text(f"ra,dec,token\n1,2,{SECRET}\n")
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
     handler.log_message = lambda *a: None  # type: ignore[method-assign]
     srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -108,8 +128,18 @@ def test_bad_input_matrix(cfg, make_daemon, make_peer, tmp_path):
                 peer.notify(sid, mtype, params)        # the notify form is only logged
             elif kind == "file":
                 name, body = what  # type: ignore[misc]
-                (qdir / name).write_text(body)
+                if isinstance(body, bytes):
+                    (qdir / name).write_bytes(body)
+                else:
+                    (qdir / name).write_text(body)
                 files.append((name, words))
+            elif kind == "link":
+                name, target = what  # type: ignore[misc]
+                (qdir / name).symlink_to(target.format(tmp=tmp_path))
+                files.append((name, words))
+            elif kind == "fifo":
+                os.mkfifo(qdir / str(what))
+                files.append((str(what), words))
             else:
                 c = tmp_path / "c.yaml"
                 c.write_text(str(what))
@@ -128,6 +158,9 @@ def test_bad_input_matrix(cfg, make_daemon, make_peer, tmp_path):
         assert sorted(p.name for p in (qdir / "failed").iterdir()
                       if not p.name.endswith(".error.txt")) == sorted(n for n, _ in files)
         assert not [p for p in qdir.iterdir() if p.is_file() and p.name != "status.log"]
+        # nothing of a file outside the folder leaks into what the folder writes
+        for written in [qdir / "status.log", *(qdir / "failed").glob("*.error.txt")]:
+            assert SECRET not in written.read_text(), written
         assert peer.call(sid, "samp.app.ping", {})["samp.status"] == "samp.ok"
         assert d.conn.connected
         assert not re.search(r"Traceback", "".join(p for p in problems))

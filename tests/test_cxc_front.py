@@ -76,6 +76,15 @@ def _dachs_base() -> str | None:
     return None
 
 
+def _public_url(dachs: str) -> str:
+    """The base URL DaCHS writes into its answers ([web]serverURL): the installed front's once
+    setup.sh has put DaCHS behind it, else DaCHS's own."""
+    with urllib.request.urlopen(f"{dachs}/tap/capabilities", timeout=10) as r:
+        text = r.read().decode()
+    m = re.search(r"<accessURL[^>]*>(https?://[^/<]+)/", text)
+    return m.group(1) if m else dachs
+
+
 def _first_line(proc: subprocess.Popen, timeout: float) -> str:
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -102,7 +111,8 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
     log = tmp_path_factory.mktemp("front") / "front.log"
     with open(log, "wb") as err:
         proc = subprocess.Popen([sys.executable, str(FRONT_SCRIPT), "--listen", "127.0.0.1:0",
-                                 "--dachs", dachs], stdout=subprocess.PIPE, stderr=err)
+                                 "--dachs", dachs, "--dachs-public-url", _public_url(dachs)],
+                                stdout=subprocess.PIPE, stderr=err)
     try:
         line = _first_line(proc, 30)
         m = re.search(r"listening on (http://\S+)", line)

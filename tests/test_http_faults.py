@@ -88,8 +88,9 @@ def test_compression_is_asked_for_remote_services_only(server, compress, url, gz
 
 
 def test_the_mimic_answers_uncompressed_when_asked(vo_server, tmp_path):
-    """The real DaCHS mimic honours Accept-Encoding: identity (what bench_tap measures)."""
-    with make_session(2.0, 30.0).get(vo_server + "/csc21tap/capabilities") as r:
+    """The real DaCHS mimic (the standard shape, passed through the CXC-shaped front) honours
+    Accept-Encoding: identity (what bench_tap measures)."""
+    with make_session(2.0, 30.0).get(vo_server + "/tap/capabilities") as r:
         assert r.ok and "Content-Encoding" not in r.headers
-    with make_session(2.0, 30.0, "yes").get(vo_server + "/csc21tap/capabilities") as r:
+    with make_session(2.0, 30.0, "yes").get(vo_server + "/tap/capabilities") as r:
         assert r.headers.get("Content-Encoding") == "gzip"
