@@ -17,6 +17,9 @@ BASE = os.environ.get("SAMPBRIDGE_BENCH_VO", "http://127.0.0.1:18080")
 CONE = f"{BASE}/csc21scs/coneSearch"
 SIAP = f"{BASE}/csc21siap/queryImages"
 TAP = f"{BASE}/csc21tap"
+#: the standard VO shape of the same data (plain DaCHS behind the CXC-shaped front): TAP with
+#: ADQL geometry and upload, which the CXC shape does not offer
+TAP_STANDARD = f"{BASE}/tap"
 STILTS = ["stilts", "-Djava.awt.headless=true"]
 
 
