@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> str:
                                  "verb=2", "parallel=5", "find=best", f"out={out1}",
                                  "ofmt=votable"]), args.repeat)
     t_st, _ = timed(lambda: run([*STILTS, "tapskymatch", f"in={inp}", "inlon=RA",
-                                 "inlat=DEC", f"tapurl={TAP}", "taptable=csc21.master_source",
+                                 "inlat=DEC", f"tapurl={TAP_STANDARD}",
+                                 "taptable=csc21.master_source",
                                  "taplon=ra", "taplat=dec", f"sr={sr}", "find=best",
                                  f"out={out2}", "ofmt=votable"]), args.repeat)
     with warnings.catch_warnings():
