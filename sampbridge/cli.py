@@ -102,6 +102,17 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--file", help="a file holding the ADQL text")
     tap.add_argument("--maxrec", help="MAXREC (default: tap.maxrec)")
     tap.add_argument("--out", required=True, help="output VOTable file")
+
+    svc = sub.add_parser("service", help="run the daemon at login (systemd user unit, launchd)")
+    acts = svc.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, what in (("install", "write the unit or agent (never needs root)"),
+                         ("uninstall", "remove it"),
+                         ("status", "is it installed, what it runs, is it active")):
+        a = acts.add_parser(action, parents=[common], help=what)
+        a.add_argument("--platform", choices=("linux", "macos"), help=argparse.SUPPRESS)
+    acts.choices["install"].add_argument(
+        "--enable", action="store_true",
+        help="also enable and start it now (systemctl --user; Linux)")
     return p
 
 
@@ -397,6 +408,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args.config)
+        if args.command == "service":
+            from .service import run as service
+
+            return service(args.action, args.config, args.platform,
+                           getattr(args, "enable", False))
         if args.command == "check-config":
             path = args.path or args.config
             cfg = load_config(path)

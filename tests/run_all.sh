@@ -19,6 +19,47 @@ echo "[run_all] peers installed after $((SECONDS - t0)) s"
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test]"
 echo "[run_all] python package installed after $((SECONDS - t0)) s"
 ruff check .
+# The README's install lines, proven in a fresh environment on the stock Debian Python (where
+# "pip install ." meets PEP 668), apart from the editable install above. Kept equal to README.md's
+# "Install and run" block by tests/test_install.py; "sampbridge run" becomes --version and
+# check-config. systemd brings systemd-analyze, which tests/test_service.py needs.
+readme_pipx='pipx install .'
+readme_venv='python3 -m venv ~/.venvs/sampbridge && ~/.venvs/sampbridge/bin/pip install .'
+apt-get install -y -q --no-install-recommends pipx systemd >/dev/null
+prove_install() (
+	set -euo pipefail
+	tmp=$(mktemp -d)
+	trap 'rm -rf "$tmp"' EXIT
+	mkdir "$tmp/src" "$tmp/home"
+	tar -c --exclude=./.git --exclude=./build --exclude=./dist --exclude='*.egg-info' \
+		--exclude=__pycache__ --exclude=.pytest_cache --exclude=.ruff_cache . | tar -x -C "$tmp/src"
+	cd "$tmp/src"
+	unset VIRTUAL_ENV PYTHONPATH PYTHONHOME PIP_USER
+	export HOME=$tmp/home PIPX_HOME=$tmp/pipx PIPX_BIN_DIR=$tmp/bin
+	export PATH=$PIPX_BIN_DIR:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+	t=$SECONDS
+	$readme_pipx >/dev/null
+	echo "[run_all] README: '$readme_pipx' took $((SECONDS - t)) s"
+	[ "$(command -v sampbridge)" = "$PIPX_BIN_DIR/sampbridge" ]
+	"$PIPX_BIN_DIR/sampbridge" --version
+	sampbridge check-config config.yaml
+	sampbridge service install >/dev/null
+	grep -q "^ExecStart=$PIPX_HOME/venvs/sampbridge/bin/sampbridge run\$" \
+		"$HOME/.config/systemd/user/sampbridge.service"
+	t=$SECONDS
+	bash -c "$readme_venv" >/dev/null
+	echo "[run_all] README: '$readme_venv' took $((SECONDS - t)) s"
+	~/.venvs/sampbridge/bin/sampbridge --version
+	~/.venvs/sampbridge/bin/sampbridge check-config config.yaml
+)
+set +e
+prove_install     # a plain command: "||" or "if" here would switch off its set -e
+rc=$?
+set -e
+[ $rc = 0 ] || { echo "[run_all] the README's install lines fail in a fresh environment" >&2; exit 1; }
+python3 -c 'import sampbridge, sys; sys.exit(sampbridge.__file__ != sys.argv[1])' \
+	"$PWD/sampbridge/__init__.py" || { echo "[run_all] the editable install moved" >&2; exit 1; }
+echo "[run_all] README install lines proven after $((SECONDS - t0)) s"
 set +e
 python3 -m pytest -ra "$@"
 rc=$?
