@@ -16,9 +16,21 @@ bash tests/vo_server/setup.sh
 echo "[run_all] local CSC mimic ready after $((SECONDS - t0)) s"
 bash tests/peers/install.sh
 echo "[run_all] peers installed after $((SECONDS - t0)) s"
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test]"
+# The tests' Python: python3 itself where pip may install into it (a pyenv or other own
+# Python), else (a stock Debian/Ubuntu Python, which refuses with PEP 668's
+# "externally-managed-environment") a private virtual environment kept for the tests.
+PY=python3
+if python3 -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'
+then
+	apt-get install -y -q python3-venv >/dev/null
+	[ -x /var/lib/sampbridge-tests/venv/bin/python ] || python3 -m venv /var/lib/sampbridge-tests/venv
+	PY=/var/lib/sampbridge-tests/venv/bin/python
+	echo "[run_all] python3 is externally managed (PEP 668): the tests use $PY"
+fi
+$PY -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test]"
 echo "[run_all] python package installed after $((SECONDS - t0)) s"
-ruff check .
+$PY -m ruff check .
 # The README's install lines, proven in a fresh environment on the stock Debian Python (where
 # "pip install ." meets PEP 668), apart from the editable install above. Kept equal to README.md's
 # "Install and run" block by tests/test_install.py; "sampbridge run" becomes --version and
@@ -57,11 +69,11 @@ prove_install     # a plain command: "||" or "if" here would switch off its set 
 rc=$?
 set -e
 [ $rc = 0 ] || { echo "[run_all] the README's install lines fail in a fresh environment" >&2; exit 1; }
-python3 -c 'import sampbridge, sys; sys.exit(sampbridge.__file__ != sys.argv[1])' \
+$PY -c 'import sampbridge, sys; sys.exit(sampbridge.__file__ != sys.argv[1])' \
 	"$PWD/sampbridge/__init__.py" || { echo "[run_all] the editable install moved" >&2; exit 1; }
 echo "[run_all] README install lines proven after $((SECONDS - t0)) s"
 set +e
-python3 -m pytest -ra "$@"
+$PY -m pytest -ra "$@"
 rc=$?
 set -e
 echo "[run_all] tests finished after $((SECONDS - t0)) s (pytest exit $rc)"

@@ -63,7 +63,7 @@ def test_run_all_runs_both_lines_fresh_and_before_pytest() -> None:
     # a failure fails the run: the function is called as a plain command (set -e stays on)
     assert "\nprove_install     #" in script
     assert '[ $rc = 0 ] || { echo "[run_all] the README\'s install lines fail' in script
-    assert script.index("\nprove_install ") < script.index("python3 -m pytest")
+    assert script.index("\nprove_install ") < script.index("$PY -m pytest")
     # the editable install of the tests is left as it was, and checked
     assert script.index('pip install -q --disable-pip-version-check --root-user-action=ignore '
                         '-e ".[test]"') < proof
