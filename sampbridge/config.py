@@ -130,6 +130,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("images.skip_repeat", True, bool,
             "On a sky click, do not send again the image the previous click sent (the viewer "
             "would reload it and lose its pan, zoom and scale, or stack a copy)."),
+    Setting("images.to_sender", False, bool,
+            "Send the image to the viewer that sent the click too (it then opens a new frame or "
+            "plane over the user's own image); off: that viewer gets the CSC sources as an "
+            "overlay instead, and images go only to the other viewers."),
+    Setting("images.header_max_bytes", 1_048_576, int,
+            "An image received with image.load.fits: most bytes of FITS header read to find "
+            "its sky footprint (the pixels are never read).", _positive),
     Setting("images.prefer_band", "b", str,
             "Energy band preferred among the images found (b, h, m, s, u, w); '' for none."),
     Setting("tap.mode", "async", str,

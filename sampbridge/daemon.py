@@ -11,6 +11,8 @@ import logging
 import os
 import threading
 import time
+import uuid
+import warnings
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,10 +23,26 @@ from typing import Any
 from . import __version__
 from .config import Config
 from .csc.errors import CSCError
-from .engine import Engine, ImageResult, MatchResult, TableResult, tabledata_copy
+from .engine import (
+    Engine,
+    ImageResult,
+    MatchResult,
+    TableResult,
+    ensure_private_dir,
+    tabledata_copy,
+)
 from .flow import Coalescer, EchoGuard
 from .folder import FileOutcome, QueryFolder
+from .imagein import ImageError, footprint_cone, read_fits_header
 from .model import ConeRequest, RequestError, SiapRequest, TapRequest, _show, parse_position
+from .overlay import (
+    SourceEllipse,
+    aladin_script,
+    ds9_file_url,
+    ds9_overlay_params,
+    source_ellipses,
+    write_ds9_regions,
+)
 from .samp.connection import Delivery, HubConnection, Message
 from .tables import KnownTable, KnownTables, TableError, fetch_table
 
@@ -36,6 +54,29 @@ MTYPE_CONE = "x-sampbridge.query.cone"
 MTYPE_SIAP = "x-sampbridge.query.siap"
 MTYPE_TAP = "x-sampbridge.query.tap"
 MTYPE_MATCH = "x-sampbridge.match.table"
+#: The VERB level whose cone has the error ellipses (``err_ellipse_r1``, ``err_ellipse_ang``).
+OVERLAY_VERB = 3
+_ELLIPSE_COLUMNS = ["name", "ra", "dec", "err_ellipse_r0", "err_ellipse_r1", "err_ellipse_ang"]
+
+
+@dataclass(frozen=True)
+class Click:
+    """A sky position to answer: where, who sent it (name and client id), and when."""
+
+    ra: float
+    dec: float
+    sender: str
+    sender_id: str
+    received: float
+
+
+@dataclass(frozen=True)
+class OverlayTarget:
+    """A viewer that takes an overlay: ``kind`` is 'ds9' (ds9.set) or 'aladin' (script)."""
+
+    kind: str
+    client_id: str
+    name: str
 
 
 @dataclass(frozen=True)
@@ -109,6 +150,25 @@ def _clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def read_ellipses(path: Path) -> list[SourceEllipse]:
+    """Read a cone table on disk as error ellipses (see :mod:`sampbridge.overlay`).
+
+    Only the name, position and ellipse columns are read; a table without some of them (VERB=2
+    has ``err_ellipse_r0`` only) gives circles or points.
+    """
+    from astropy.io.votable import parse_single_table
+
+    from ._astropy import quiet_astropy
+
+    with quiet_astropy(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            vot = parse_single_table(str(path), columns=_ELLIPSE_COLUMNS)
+        except ValueError:              # some columns missing: read them all
+            vot = parse_single_table(str(path))
+        return source_ellipses(vot.to_table())
+
+
 def _debug_text(exc: BaseException) -> str | None:
     if isinstance(exc, CSCError):
         parts = [f"url={exc.url}" if exc.url else "", f"http={exc.status}" if exc.status else ""]
@@ -139,7 +199,7 @@ class Daemon:
         self.long_pool = ThreadPoolExecutor(max_workers=max(1, cfg["workers"] // 2),
                                             thread_name_prefix="long")
         self.echo = EchoGuard(cfg["echo.window"], cfg["echo.radius"])
-        self.coalescer: Coalescer[tuple[float, float, str, float]] = Coalescer(
+        self.coalescer: Coalescer[Click] = Coalescer(
             self._run_point, cfg["pointat.quiet"], cfg["pointat.max_wait"], name="pointat")
         self.known = KnownTables(cfg["tables.cache_size"])
         self.incoming = self.engine.results_dir / "incoming"
@@ -148,7 +208,14 @@ class Daemon:
         self.points_done = 0
         self._active = 0
         self._pending_lock = threading.Lock()
-        self.stats = {"received": 0, "queries": 0, "delivered": 0, "errors": 0, "echoes": 0}
+        self.stats = {"received": 0, "queries": 0, "delivered": 0, "errors": 0, "echoes": 0,
+                      "overlays": 0}
+        # one overlay at a time, so that an older click's regions never land after a newer's
+        self._overlay_lock = threading.Lock()
+        self._point_work: list[Future] = []     # image and overlay work of the latest click
+        # image.load.fits is always subscribed, at registration with the rest: DS9 broadcasts
+        # a pan's coord.pointAt.sky only while some other client subscribes to it (and DS9
+        # reads a client's subscriptions once, about 1 s after it registers)
         handlers: dict[str, Callable[[Message], None]] = {
             MTYPE_CONE: self._on_cone,
             MTYPE_SIAP: self._on_siap,
@@ -156,6 +223,7 @@ class Daemon:
             MTYPE_MATCH: self._on_match,
             "table.highlight.row": self._on_highlight,
             "table.select.rowList": self._on_select,
+            "image.load.fits": self._on_image_load,
         }
         if cfg["tables.subscribe"]:
             handlers["table.load.votable"] = self._on_table_load
@@ -220,7 +288,9 @@ class Daemon:
         self.engine.close()
         for part in self.engine.results_dir.glob("**/*.part"):
             part.unlink(missing_ok=True)
-        log.info("stopped (%s)", ", ".join(f"{k} {v}" for k, v in self.stats.items()))
+        counts = {**self.stats, "coalesced_runs": self.coalescer.ran,
+                  "leading": self.coalescer.leading}
+        log.info("stopped (%s)", ", ".join(f"{k} {v}" for k, v in counts.items()))
 
     # -- pointAt ------------------------------------------------------------------------
     def _on_point_at(self, msg: Message) -> None:
@@ -237,44 +307,287 @@ class Daemon:
             msg.reply_ok({"ignored": "echo"})
             return
         log.info("%s from %s: %.5f %+.5f", msg.mtype, msg.sender_name, ra, dec)
-        self.coalescer.submit((ra, dec, msg.sender_name, time.perf_counter()))
+        self._click(msg, ra, dec)
         msg.reply_ok({"accepted": "1"})
 
-    def _run_point(self, item: tuple[float, float, str, float], seq: int) -> None:
-        ra, dec, sender, received = item
-        req = ConeRequest(ra, dec, self.cfg["cone.radius"], self.cfg["cone.verb"])
-        images: Future | None = None
-        if self.cfg["images.enabled"] and self.cfg["images.max_count"] > 0:
-            images = self._submit(self.engine.run_siap,
-                                  SiapRequest(ra, dec, self.cfg["images.size"]))
+    def _click(self, msg: Message, ra: float, dec: float) -> None:
+        self.coalescer.submit(Click(ra, dec, msg.sender_name, msg.sender_id,
+                                    time.perf_counter()))
+
+    def _run_point(self, click: Click, seq: int) -> None:
+        """Answer one (coalesced) click: the table first, then the overlay and the images.
+
+        The cone runs here, on the coalescer's thread, and its table is delivered as soon as it
+        is done.  Everything else (who takes an overlay or an image, the image query, the
+        overlay's cone) runs on workers at the same time and is sent when it is ready, unless
+        a newer click came meanwhile.
+        """
+        self._drop_stale_work()
+        ra, dec = click.ra, click.dec
+        verb = self.cfg["cone.verb"]
+        extras = self._submit(self._click_extras, click, seq)
+        if extras is not None:
+            self._point_work.append(extras)
         try:
-            table = self.engine.run_cone(req)
+            table = self.engine.run_cone(ConeRequest(ra, dec, self.cfg["cone.radius"], verb))
         except CSCError as exc:
             self.stats["errors"] += 1
-            log.error("pointAt from %s: %s", sender, _error_text(exc))
+            log.error("pointAt from %s: %s", click.sender, _error_text(exc))
             table = None
-        img: ImageResult | None = None
-        if images is not None:
-            try:
-                img = images.result()
-            except CSCError as exc:
-                self.stats["errors"] += 1
-                log.error("pointAt from %s: %s", sender, _error_text(exc))
         self.stats["queries"] += 1
         if self.coalescer.superseded(seq):
             log.info("result for %.5f %+.5f superseded by a newer position; not sent", ra, dec)
             return
-        self.echo.remember((ra, dec), *[i.centre for i in (img.images if img else [])])
+        self.echo.remember((ra, dec))
         if table is not None:
-            self._deliver_table(table, sender)
-        if img is not None:
-            fresh = self._drop_repeated_images(img)
-            if (fresh.images or fresh.skipped) and self._deliver_images(fresh, sender):
-                self._last_images = {i.url for i in img.images}
-        self.last_latency = time.perf_counter() - received
+            self._deliver_table(table, click.sender)
+            if verb == OVERLAY_VERB:        # the table has the ellipses: draw from it
+                self._submit(self._click_overlay_from_table, table.path, click, seq)
+        self.last_latency = time.perf_counter() - click.received
         self.points_done += 1
-        log.debug("pointAt %.5f %+.5f: message to delivery %s", ra, dec,
+        log.debug("pointAt %.5f %+.5f: message to table delivered %s", ra, dec,
                   _ms(self.last_latency))
+
+    def _click_extras(self, click: Click, seq: int) -> None:
+        """On a worker, beside the click's cone: its images, and its overlay's own cone."""
+        if self._image_viewers(click):
+            images = self._submit(self._point_images, click, seq)
+            if images is not None:
+                self._point_work.append(images)
+        if self.cfg["cone.verb"] == OVERLAY_VERB or self.coalescer.superseded(seq):
+            return
+        overlay = self._click_overlay_target(click)
+        if overlay is not None:
+            self._overlay_from_cone(ConeRequest(click.ra, click.dec, self.cfg["cone.radius"],
+                                                OVERLAY_VERB), [overlay], click.sender, seq)
+
+    def _click_overlay_from_table(self, path: Path, click: Click, seq: int) -> None:
+        overlay = self._click_overlay_target(click)
+        if overlay is not None:
+            self._send_overlay(path, [overlay], click.sender, seq)
+
+    def _drop_stale_work(self) -> None:
+        """Cancel the previous click's image and overlay work that has not started yet."""
+        for f in self._point_work:
+            f.cancel()
+        self._point_work = []
+
+    def _image_viewers(self, click: Click) -> bool:
+        """Tell whether a click's images have somewhere to go (not the clicking viewer)."""
+        if not self.cfg["images.enabled"] or self.cfg["images.max_count"] <= 0:
+            return False
+        exclude = () if self.cfg["images.to_sender"] else (click.sender_id,)
+        viewers = [t for t in self.conn.targets("image.load.fits", self.cfg["send_images_to"])
+                   if t[0] not in exclude]
+        if not viewers and self.conn.connected:
+            log.debug("no image viewer but the one that clicked: no image query")
+        return bool(viewers) or not self.conn.connected
+
+    def _point_images(self, click: Click, seq: int) -> None:
+        """Find and download a click's image, and send it to the viewers that did not click."""
+        if self.coalescer.superseded(seq):
+            return
+        try:
+            img = self.engine.run_siap(SiapRequest(click.ra, click.dec,
+                                                   self.cfg["images.size"]))
+        except CSCError as exc:
+            self.stats["errors"] += 1
+            log.error("pointAt from %s: %s", click.sender, _error_text(exc))
+            return
+        if self.coalescer.superseded(seq):
+            log.info("%s superseded by a newer position; not sent", img.what)
+            return
+        self.echo.remember(*[i.centre for i in img.images])
+        fresh = self._drop_repeated_images(img)
+        exclude = () if self.cfg["images.to_sender"] else (click.sender_id,)
+        if (fresh.images or fresh.skipped) and self._deliver_images(fresh, click.sender,
+                                                                    exclude=exclude):
+            self._last_images = {i.url for i in img.images}
+
+    # -- overlays -----------------------------------------------------------------------
+    def _overlay_kind(self, client_id: str, name: str) -> OverlayTarget | None:
+        """How an image viewer takes an overlay: DS9 by ds9.set, Aladin by its script."""
+        pats = [p.lower() for p in self.cfg["send_images_to"]]
+        if not any(fnmatch.fnmatchcase(name.lower(), p) for p in pats):
+            return None
+        if self.conn.subscribes(client_id, "ds9.set"):
+            return OverlayTarget("ds9", client_id, name)
+        if self.conn.subscribes(client_id, "script.aladin.send"):
+            return OverlayTarget("aladin", client_id, name)
+        return None
+
+    def _click_overlay_target(self, click: Click) -> OverlayTarget | None:
+        """Return the clicking viewer, when it is an image viewer that takes overlays.
+
+        With ``images.to_sender`` it gets the image instead (the behaviour before overlays).
+        """
+        if self.cfg["images.to_sender"] or not click.sender_id:
+            return None
+        return self._overlay_kind(click.sender_id, click.sender)
+
+    def _overlay_viewers(self) -> list[OverlayTarget]:
+        """Every image viewer (``send_images_to``) that takes overlays."""
+        out: list[OverlayTarget] = []
+        for mtype in ("ds9.set", "script.aladin.send"):
+            for cid, name in self.conn.targets(mtype, self.cfg["send_images_to"]):
+                target = self._overlay_kind(cid, name)
+                if target is not None and all(t.client_id != cid for t in out):
+                    out.append(target)
+        return out
+
+    def _overlay_from_cone(self, req: ConeRequest, targets: list[OverlayTarget], origin: str,
+                           seq: int | None) -> None:
+        """Run the cone that has the error ellipses, then send them as an overlay."""
+        folder = ensure_private_dir(self.engine.results_dir / "overlays")
+        dest = folder / f"cone-{uuid.uuid4().hex[:12]}.vot"
+        try:
+            try:
+                res = self.engine.run_cone(req, dest=dest)
+            except CSCError as exc:
+                self.stats["errors"] += 1
+                log.error("overlay for %s: %s", origin, _error_text(exc))
+                return
+            self._send_overlay(res.path, targets, origin, seq)
+        finally:
+            dest.unlink(missing_ok=True)
+
+    def _send_overlay(self, path: Path, targets: list[OverlayTarget], origin: str,
+                      seq: int | None) -> None:
+        """Draw a cone's sources on the viewers' own images (``seq``: of a click, or None)."""
+        try:
+            ellipses = read_ellipses(path)
+        except Exception as exc:  # noqa: BLE001 - a table that cannot be read draws nothing
+            self.stats["errors"] += 1
+            log.error("overlay for %s: cannot read the cone table %s (%s)", origin, path.name,
+                      exc.__class__.__name__)
+            return
+        with self._overlay_lock:
+            if seq is not None and self.coalescer.superseded(seq):
+                log.info("overlay for %s superseded by a newer position; not sent", origin)
+                return
+            for target in targets:
+                sent = (self._ds9_overlay(target, ellipses) if target.kind == "ds9"
+                        else self._aladin_overlay(target, ellipses))
+                if sent:
+                    self.stats["overlays"] += 1
+                    log.info("overlay of %d CSC sources for %s -> %s", len(ellipses), origin,
+                             target.name)
+
+    def _ds9_overlay(self, target: OverlayTarget, ellipses: list[SourceEllipse]) -> bool:
+        """Replace DS9's region group with the ellipses, by ds9.set calls, in order.
+
+        Many regions go through a private region file that DS9 reads during its call (the file
+        is removed once DS9 has answered); a path DS9 could not read from a URL goes inline.
+        """
+        folder = ensure_private_dir(self.engine.results_dir / "overlays")
+        path = write_ds9_regions(ellipses, folder) if ellipses else None
+        try:
+            url = ds9_file_url(path) if path is not None else None
+            for params in ds9_overlay_params(ellipses, url):
+                d = self.conn.call(target.client_id, "ds9.set", params)
+                if not d.ok:
+                    log.warning("ds9.set to %s failed: %s", target.name, d.error)
+                    return False
+            return True
+        finally:
+            if path is not None:
+                path.unlink(missing_ok=True)
+
+    def _aladin_overlay(self, target: OverlayTarget, ellipses: list[SourceEllipse]) -> bool:
+        """Replace Aladin's drawing plane with the ellipses.
+
+        A notification: Aladin 12 never answers a script call.
+        """
+        d = self.conn.notify(target.client_id, "script.aladin.send",
+                             {"script": aladin_script(ellipses)})
+        if not d.ok:
+            log.warning("script.aladin.send to %s failed: %s", target.name, d.error)
+        return d.ok
+
+    # -- images in ----------------------------------------------------------------------
+    def _on_image_load(self, msg: Message) -> None:
+        """Take an image in, send the CSC sources of its footprint out (table and overlays).
+
+        The reply comes once the header is read: ``accepted`` with the cone, or ``samp.error``
+        with the sentence that says what is wrong with the image.  The cone runs after it.
+        """
+        if msg.sender_id == self.conn.self_id:
+            return
+        self.stats["received"] += 1
+        try:
+            url = _text_param(msg.params, "url")
+            name = _text_param(msg.params, "name")
+            if url is None or not url.strip():
+                raise ImageError("the message has no image 'url'")
+        except RequestError as exc:
+            self._refuse(msg, exc)
+            return
+        label = (name or "").strip() or Path(url.rstrip("/")).name or "image"
+        log.info("%s from %s: %s", msg.mtype, msg.sender_name, _clip(url, 200))
+        if msg.is_call:
+            msg.defer()
+            with self._pending_lock:
+                self._pending.add(msg)
+        timer = self._arm_pending_timer(msg)
+        if self._submit(self._image_in, msg, url.strip(), label, timer) is None:
+            if timer is not None:
+                timer.cancel()
+            with self._pending_lock:
+                self._pending.discard(msg)
+
+    def _footprint(self, url: str) -> tuple[float, float, float, str]:
+        """Return the cone that covers an image (radius clamped to ``cone.max_radius``), a note."""
+        header = read_fits_header(url, self.engine.session,
+                                  max_bytes=self.cfg["images.header_max_bytes"],
+                                  allow_remote=self.cfg["tables.allow_remote"],
+                                  deadline=min(self.cfg["tables.fetch_timeout"],
+                                               self.cfg["reply_within"]))
+        ra, dec, radius = footprint_cone(header)
+        most = self.cfg["cone.max_radius"]
+        if radius <= most:
+            return ra, dec, max(radius, 1e-5), ""
+        return ra, dec, most, (f"the image spans {radius:.3g} deg from its centre; only the "
+                               f"central {most:g} deg (cone.max_radius) is searched")
+
+    def _image_in(self, msg: Message, url: str, label: str,
+                  timer: threading.Timer | None) -> None:
+        accepted = False
+        try:
+            ra, dec, radius, note = self._footprint(url)
+            verb = self.cfg["cone.verb"]
+            req = ConeRequest(ra, dec, radius, verb)
+            self.echo.remember((ra, dec))     # DS9 pans to an image it loads, and says so
+            if note:
+                log.warning("%s from %s: %s", msg.mtype, msg.sender_name, note)
+            log.info("%s from %s: the footprint of %s is the cone %.5f %+.5f r=%.4g", msg.mtype,
+                     msg.sender_name, label, ra, dec, radius)
+            msg.reply_ok({"status": "accepted", "ra": f"{ra:.6f}", "dec": f"{dec:.6f}",
+                          "radius": f"{radius:.6g}", "note": note or None})
+            accepted = True
+            with self._pending_lock:
+                self._pending.discard(msg)
+            overlays = self._overlay_viewers()
+            if overlays and verb != OVERLAY_VERB:
+                self._submit(self._overlay_from_cone, replace(req, verb=OVERLAY_VERB), overlays,
+                             f"image {label}", None)
+            table = self.engine.run_cone(req)
+            self.stats["queries"] += 1
+            table = replace(table, name=f"CSC {self.cfg['release']} sources of {label}")
+            self._deliver_table(table, f"image {label}")
+            if overlays and verb == OVERLAY_VERB:
+                self._send_overlay(table.path, overlays, f"image {label}", None)
+        except (CSCError, RequestError) as exc:
+            self._refuse_or_fail(msg, exc, accepted)
+        except OSError as exc:
+            self._refuse_or_fail(msg, RequestError(f"file error: {exc}"), accepted)
+        except Exception as exc:  # noqa: BLE001 - the worker must always reply
+            log.exception("%s from %s failed", msg.mtype, msg.sender_name)
+            self._refuse_or_fail(msg, exc, accepted)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with self._pending_lock:
+                self._pending.discard(msg)
 
     def _drop_repeated_images(self, img: ImageResult) -> ImageResult:
         """Leave out the images the last delivered sky click sent (``images.skip_repeat``)."""
@@ -380,7 +693,8 @@ class Daemon:
         return params_for
 
     def _deliver_images(self, res: ImageResult, origin: str,
-                        patterns: list[str] | None = None) -> list[str]:
+                        patterns: list[str] | None = None,
+                        exclude: tuple[str, ...] = ()) -> list[str]:
         sent: list[str] = []
         waiting: list[str] = []
         if self._keep_for_later(res, patterns, origin):
@@ -391,7 +705,7 @@ class Daemon:
             params = {"url": img.path.resolve().as_uri(), "image-id": f"sampbridge-img-"
                       f"{img.path.stem}", "name": img.title or img.path.name}
             outcomes = self.conn.send("image.load.fits", params,
-                                      patterns or self.cfg["send_images_to"])
+                                      patterns or self.cfg["send_images_to"], exclude=exclude)
             if not outcomes and not self.conn.check_alive():
                 self._keep_for_later(res, patterns, origin)
                 return sent
@@ -414,6 +728,14 @@ class Daemon:
         log.warning("%s from %s refused: %s", msg.mtype, msg.sender_name, text)
         if msg.is_call:
             msg.reply_error(text, debug=_debug_text(exc))
+
+    def _refuse_or_fail(self, msg: Message, exc: Exception, accepted: bool) -> None:
+        """Refuse a message not accepted yet; once accepted, log why its work failed."""
+        if not accepted:
+            self._refuse(msg, exc)
+            return
+        self.stats["errors"] += 1
+        log.error("%s from %s: %s", msg.mtype, msg.sender_name, _error_text(exc))
 
     def _on_cone(self, msg: Message) -> None:
         self._query(msg, lambda: ConeRequest.from_params(msg.params, self.cfg),
@@ -587,7 +909,7 @@ class Daemon:
         if self.echo.is_echo(ra, dec):
             msg.reply_ok({"ignored": "echo"})
             return
-        self.coalescer.submit((ra, dec, msg.sender_name, time.perf_counter()))
+        self._click(msg, ra, dec)
         msg.reply_ok({"accepted": "1"})
 
     def _on_select(self, msg: Message) -> None:

@@ -12,6 +12,7 @@ import time
 import warnings
 
 import pytest
+import requests
 from astropy.io import fits
 from astropy.io.votable import parse_single_table
 from astropy.wcs import WCS
@@ -66,8 +67,13 @@ def test_point_at_sends_the_cone_table_to_topcat_and_fits_to_ds9(cfg, make_daemo
 
 def test_ds9_gets_a_tabledata_copy_of_a_binary_cone_table(no_images, make_daemon, make_peer,
                                                           vo_server):
-    """DS9 8.4 shows BINARY VOTables as empty catalogs: it is sent a TABLEDATA copy."""
-    cfg = no_images.replace(**{"send_tables_to": ["topcat", "saoimageds9"]})
+    """DS9 8.4 shows BINARY VOTables as empty catalogs: it is sent a TABLEDATA copy.
+
+    The standard shape's cone search (DaCHS) answers BINARY; CXC's answers TABLEDATA (see
+    test_ds9_and_topcat_get_the_cxc_tabledata_cone_as_sent).
+    """
+    cfg = no_images.replace(**{"send_tables_to": ["topcat", "saoimageds9"],
+                               "services.cone": f"{vo_server}/csc21/q/coneSearch/scs.xml"})
     make_daemon(cfg)
     topcat = make_peer("topcat", ["table.load.votable"])
     ds9 = make_peer("SAOImageDS9", ["table.load.votable"])
@@ -86,6 +92,24 @@ def test_ds9_gets_a_tabledata_copy_of_a_binary_cone_table(no_images, make_daemon
     assert a.colnames == b.colnames and len(a) == len(b) > 10
     assert list(a["name"]) == list(b["name"])
     assert [(f.unit, f.ucd) for f in va.fields] == [(f.unit, f.ucd) for f in vb.fields]
+
+
+def test_ds9_and_topcat_get_the_cxc_tabledata_cone_as_sent(no_images, make_daemon, make_peer,
+                                                           vo_server):
+    """CXC's cone search answers VOTable 1.2 TABLEDATA (T/F, empty nulls): every peer gets
+    that document as the service sent it, no copy, no re-encoding."""
+    cfg = no_images.replace(**{"send_tables_to": ["topcat", "saoimageds9"]})
+    make_daemon(cfg)
+    topcat = make_peer("topcat", ["table.load.votable"])
+    ds9 = make_peer("SAOImageDS9", ["table.load.votable"])
+    topcat.notify(topcat.find("sampbridge"), "coord.pointAt.sky", RHO)
+    (tab,) = topcat.wait_for("table.load.votable")
+    (cat,) = ds9.wait_for("table.load.votable")
+    assert path_of(tab["url"]) == path_of(cat["url"])
+    sent = requests.get(cfg["services.cone"], timeout=(5, 60), params={
+        "RA": "246.7925", "DEC": "-24.32027", "SR": "0.05", "VERB": "2"}).content
+    assert b'version="1.2"' in sent[:300] and b"<TABLEDATA>" in sent and b"<TD/>" in sent
+    assert path_of(tab["url"]).read_bytes() == sent
 
 
 def test_table_ids_are_unique_and_results_persist(no_images, make_daemon, make_peer):
@@ -136,20 +160,54 @@ def test_flood_of_point_at_is_coalesced(no_images, make_daemon, make_peer):
     assert d.stats["queries"] <= 6
 
 
-def _ds9_click(cfg, make_daemon, make_peer):  # noqa: ANN001, ANN202
-    """A daemon, TOPCAT and DS9 stand-ins, and a click in DS9 at RHO: its image delivered."""
+def test_a_single_click_runs_at_once_without_waiting_the_quiet_spell(no_images, make_daemon,
+                                                                     make_peer, caplog):
+    """Leading edge: with pointat.quiet at 60 s, the first click still runs at once."""
+    caplog.set_level(logging.DEBUG, logger="sampbridge.flow")
+    d = make_daemon(no_images.replace(**{"pointat.quiet": 60.0, "pointat.max_wait": 60.0}))
+    topcat = make_peer("topcat", ["table.load.votable"])
+    topcat.notify(topcat.find("sampbridge"), "coord.pointAt.sky", RHO)
+    topcat.wait_for("table.load.votable")
+    # shown by the counters and the log, not by the clock
+    assert (d.coalescer.submitted, d.coalescer.ran, d.coalescer.leading) == (1, 1, 1)
+    assert "item 1 runs at once (leading edge)" in caplog.text
+
+
+def test_the_table_is_delivered_while_the_image_query_still_runs(cfg, make_daemon, make_peer):
+    """The table does not wait for SIAP: the image server still holds the request."""
+    from faulty_server import FaultyServer
+
+    with FaultyServer(slow_seconds=60) as srv:
+        d = make_daemon(cfg.replace(**{"services.siap": srv.url("/slow")}))
+        topcat = make_peer("topcat", ["table.load.votable"])
+        ds9 = make_peer("SAOImageDS9", ["image.load.fits"])
+        topcat.notify(topcat.find("sampbridge"), "coord.pointAt.sky", RHO)
+        topcat.wait_for("table.load.votable")
+        assert srv.hits.get("/slow") == 1 and not srv.release.is_set()
+        assert d.points_done == 1 and ds9.of("image.load.fits") == []
+        srv.release.set()                      # the image query ends (it found no image)
+        wait_for(lambda: all(f.done() for f in d._point_work), 20, what="the image query")
+    assert len(topcat.of("table.load.votable")) == 1
+
+
+def _topcat_click(cfg, make_daemon, make_peer):  # noqa: ANN001, ANN202
+    """A daemon, TOPCAT and DS9 stand-ins, and a click in TOPCAT at RHO: the image in DS9.
+
+    The image goes to the viewers that did not send the click (DS9 here, as a click in TOPCAT
+    or Aladin puts a CSC image in DS9).
+    """
     d = make_daemon(cfg)
     topcat = make_peer("topcat", ["table.load.votable"])
     ds9 = make_peer("SAOImageDS9", ["image.load.fits"])
     sid = ds9.find("sampbridge")
-    ds9.notify(sid, "coord.pointAt.sky", RHO)
+    topcat.notify(sid, "coord.pointAt.sky", RHO)
     (img,) = ds9.wait_for("image.load.fits")
     topcat.wait_for("table.load.votable")
     return d, topcat, ds9, sid, img
 
 
 def test_echo_after_an_image_load_starts_no_query(cfg, make_daemon, make_peer):
-    d, topcat, ds9, sid, img = _ds9_click(cfg, make_daemon, make_peer)
+    d, topcat, ds9, sid, img = _topcat_click(cfg, make_daemon, make_peer)
     # what DS9 does next: it pans to the image and broadcasts its centre, then the position
     with fits.open(path_of(img["url"])) as hdul, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -173,14 +231,16 @@ def test_a_second_click_in_the_same_field_does_not_reload_the_image(cfg, make_da
                                                                     skip_repeat):
     """DS9 would reload the same image and lose the user's pan, zoom and scale."""
     caplog.set_level(logging.INFO, logger="sampbridge")
-    d, topcat, ds9, sid, first = _ds9_click(cfg.replace(**{"images.skip_repeat": skip_repeat}),
-                                            make_daemon, make_peer)
+    d, topcat, ds9, sid, first = _topcat_click(
+        cfg.replace(**{"images.skip_repeat": skip_repeat}), make_daemon, make_peer)
     # another source in the same field: a new table, and the same image
-    ds9.notify(sid, "coord.pointAt.sky", {"ra": "246.8000", "dec": "-24.3100"})
+    topcat.notify(sid, "coord.pointAt.sky", {"ra": "246.8000", "dec": "-24.3100"})
     wait_for(lambda: len(topcat.of("table.load.votable")) == 2, 20, what="the second table")
     wait_for(lambda: d.points_done == 2, 20, what="the second click to finish")
     if skip_repeat:
-        assert "was sent with the previous click; not sent again" in caplog.text
+        # the image follows the table: wait for its verdict
+        wait_for(lambda: "was sent with the previous click; not sent again" in caplog.text, 20,
+                 what="the repeated image left out")
         assert len(ds9.of("image.load.fits")) == 1
     else:
         (_, again) = wait_for(lambda: (i := ds9.of("image.load.fits")) and len(i) == 2 and i,

@@ -564,8 +564,26 @@ class HubConnection:
             return Delivery(client_id, name, False, str(err))
         return Delivery(client_id, name, True)
 
+    def subscribes(self, client_id: str, mtype: str) -> bool:
+        """Tell whether client ``client_id`` is subscribed to ``mtype`` (False when unknown)."""
+        return any(cid == client_id for cid, _ in self.targets(mtype, ["*"]))
+
+    def notify(self, client_id: str, mtype: str, params: dict[str, Any]) -> Delivery:
+        """Send a notification to one client (for peers that never answer a call)."""
+        name = self.client_name(client_id)
+        c = self._client
+        if c is None:
+            return Delivery(client_id, name, False, "not connected to a hub")
+        try:
+            c.notify(client_id, {"samp.mtype": mtype, "samp.params": _sampify(params)})
+        except Exception as exc:  # noqa: BLE001
+            self._forget_subscribers()
+            return Delivery(client_id, name, False, str(exc))
+        return Delivery(client_id, name, True)
+
     def send(self, mtype: str, params: dict[str, Any], patterns: Iterable[str],
-             params_for: Callable[[str], dict[str, Any]] | None = None) -> list[Delivery]:
+             params_for: Callable[[str], dict[str, Any]] | None = None,
+             exclude: Iterable[str] = ()) -> list[Delivery]:
         """Call every matching subscribed client (in parallel) and return the outcomes.
 
         Waits at most ``send_wait`` seconds: a client that has not replied by then is
@@ -573,9 +591,10 @@ class HubConnection:
         answers its first ``table.load.votable``), and its reply, if any comes within
         ``call_timeout``, is logged.  ``params_for``, if given, is called with a recipient's
         name and returns the params for that recipient (to send one a different copy of a
-        file, say).
+        file, say).  Clients whose id is in ``exclude`` are left out.
         """
-        targets = self.targets(mtype, patterns)
+        skip = set(exclude)
+        targets = [t for t in self.targets(mtype, patterns) if t[0] not in skip]
         if not targets:
             return []
 
