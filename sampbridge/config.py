@@ -147,9 +147,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tap.job_timeout", 600.0, _F,
             "Seconds an async TAP job may run before it is aborted and deleted.", _positive),
     Setting("tap.dialect", "auto", str,
-            "ADQL cone dialect: 'auto' (read /capabilities), 'geometry' (CONTAINS/POINT/CIRCLE) "
-            "or 'csc' (dbo.cone_distance plus a BETWEEN box).",
-            _choice("auto", "geometry", "csc")),
+            "ADQL cone dialect: 'auto' (start with what /capabilities promise; when the "
+            "service refuses a dialect's functions, fall back to the next and remember it), "
+            "'geometry' (CONTAINS/POINT/CIRCLE), 'csc' (dbo.cone_distance plus a BETWEEN box) "
+            "or 'box' (a BETWEEN box only, the distance cut done by sampbridge).",
+            _choice("auto", "geometry", "csc", "box")),
     Setting("tap.table", "csc21.master_source", str, "Table used for ADQL cones."),
     Setting("results.dir", "", str,
             "Folder for result files (created private, 0700). Empty: "

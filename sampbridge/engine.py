@@ -22,12 +22,19 @@ from ._astropy import quiet_astropy
 from .cache import ResultCache, cone_key, image_key, tap_key
 from .config import Config
 from .csc import http
-from .csc.adql import cone_query
-from .csc.cone import ConeService
+from .csc.cone import ConeService, verb_for
 from .csc.errors import CSCError
 from .csc.siap import ImageInfo, SiapService, safe_name
-from .csc.tap import TapClient
-from .match import best_only, join, match_by_cones, match_by_upload
+from .csc.tap import TapClient, learnt, no_upload, refuses_upload
+from .match import (
+    Matches,
+    TapCones,
+    UploadIncomplete,
+    best_only,
+    join,
+    match_by_cones,
+    match_by_upload,
+)
 from .model import ConeRequest, SiapRequest, TapRequest
 from .tables import TableError, positions
 
@@ -241,10 +248,10 @@ class Engine:
 
     def _run_cone(self, req: ConeRequest, dest: Path, name: str) -> TableResult:
         if self.cfg["cone.service"] == "tap":
-            dialect = self.tap.dialect(self.cfg["tap.dialect"])
-            adql = cone_query(self.cfg["tap.table"], req.ra, req.dec, req.radius, dialect)
-            res = self.tap.query_to_file(adql, dest, self.cfg["tap.maxrec"] or None, mode="sync")
-            what = f"TAP cone ({dialect}) {req.ra:.5f} {req.dec:+.5f} r={req.radius:g}"
+            res = self.tap.cone_to_file(self.cfg["tap.table"], req.ra, req.dec, req.radius, dest,
+                                        dialect=self.cfg["tap.dialect"],
+                                        maxrec=self.cfg["tap.maxrec"] or None)
+            what = f"TAP cone ({res.dialect}) {req.ra:.5f} {req.dec:+.5f} r={req.radius:g}"
             return TableResult(dest, _new_id("cone"), name, res.rows, res.seconds, what,
                                res.overflow, res.url)
         res = self.cone.query_to_file(req.ra, req.dec, req.radius, dest, req.verb)
@@ -296,16 +303,58 @@ class Engine:
         return out
 
     def match_strategy(self) -> str:
-        """Return ``upload`` or ``cone``: configured, or from the TAP service's capabilities."""
+        """Return ``upload`` or ``cone``: configured, or from the TAP service's capabilities.
+
+        ``auto`` chooses ``upload`` only where ``/capabilities`` list both upload and ADQL
+        geometry, and the service has not refused an upload in this process.
+        """
         configured = self.cfg["match.strategy"]
         if configured != "auto":
             return configured
+        if not learnt(self.tap.url)["upload"]:
+            return "cone"
         try:
             caps = self.tap.capabilities()
         except CSCError as exc:
             log.warning("cannot read TAP capabilities (%s); matching by cone searches", exc)
             return "cone"
         return "upload" if caps.upload and caps.geometry else "cone"
+
+    def _match(self, strategy: str, ra: np.ndarray, dec: np.ndarray, valid: np.ndarray,
+               radius: float) -> Matches:
+        """Match by ``strategy``; under ``auto``, an upload refused or cut short goes by cones.
+
+        A refused upload (the service's words name UPLOAD) is remembered for the service URL:
+        later matches go by cones at once.
+        """
+        cols = self.cfg["match.columns"]
+        if strategy == "upload":
+            try:
+                return match_by_upload(self.tap, ra, dec, valid, radius, cols,
+                                       self.cfg["tap.table"], dialect=self.cfg["tap.dialect"])
+            except CSCError as exc:
+                if self.cfg["match.strategy"] != "auto":
+                    raise
+                if refuses_upload(exc):
+                    no_upload(self.tap.url, exc.service_message or str(exc))
+                elif isinstance(exc, UploadIncomplete):
+                    log.warning("%s; matching by cones instead", exc)
+                else:
+                    raise
+        if self.cfg["cone.service"] == "tap":
+            src: ConeService | TapCones = TapCones(self.tap, self.cfg["tap.table"],
+                                                   self.cfg["tap.dialect"],
+                                                   self.cfg["tap.maxrec"] or None)
+            verb = self.cfg["match.verb"]
+        else:
+            src = self.cone
+            verb = verb_for(cols, self.cfg["match.verb"])
+            if verb != self.cfg["match.verb"]:
+                log.info("matching by cone searches at VERB=%d: match.columns names columns "
+                         "that VERB=%d does not give", verb, self.cfg["match.verb"])
+        return match_by_cones(src, ra, dec, valid, radius, cols, verb=verb,
+                              parallelism=self.cfg["match.parallelism"],
+                              cell=self.cfg["match.batch_cell"])
 
     def run_match(self, table: Table, name: str, *, rows: np.ndarray | None = None,
                   radius_arcsec: float | None = None, mode: str | None = None,
@@ -333,16 +382,8 @@ class Engine:
             raise TableError(f"none of the {n_in} rows has a usable position in "
                              f"{pos.ra_col}/{pos.dec_col} (NaN, empty or out of range)")
         radius = (radius_arcsec or self.cfg["match.radius"]) / 3600.0
-        strategy = self.match_strategy()
-        cols = self.cfg["match.columns"]
-        if strategy == "upload":
-            m = match_by_upload(self.tap, pos.ra, pos.dec, valid, radius, cols,
-                                self.cfg["tap.table"])
-        else:
-            m = match_by_cones(self.cone, pos.ra, pos.dec, valid, radius, cols,
-                               verb=self.cfg["match.verb"],
-                               parallelism=self.cfg["match.parallelism"],
-                               cell=self.cfg["match.batch_cell"])
+        m = self._match(self.match_strategy(), pos.ra, pos.dec, valid, radius)
+        strategy = m.strategy
         if (mode or self.cfg["match.mode"]) == "best":
             m = best_only(m)
         out = join(table, m)

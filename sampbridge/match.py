@@ -1,7 +1,11 @@
 """Match a table's positions against the CSC: TAP upload, or batched parallel cone searches.
 
 Both strategies return the same pairs (input row, CSC source) with separations computed here by
-one formula, so their outputs agree row for row.  No SAMP here.
+one formula (astropy's), so their outputs agree row for row.  The cones are cone searches
+(SCS) or ADQL cones on TAP (:class:`TapCones`); ADQL, for cones and for the upload join, is
+written in the dialect the service accepts (see :meth:`.csc.tap.TapClient.with_dialect`).
+Service answers are read with their nulls kept (:func:`.csc.votable.read_table`).  No SAMP
+here.
 """
 
 from __future__ import annotations
@@ -9,36 +13,71 @@ from __future__ import annotations
 import io
 import logging
 import math
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from astropy.io.votable import parse_single_table
+from astropy.coordinates import angular_separation
 from astropy.table import Table, vstack
 
 from ._astropy import quiet_astropy
 from .csc import http
-from .csc.adql import identifier, number
+from .csc.adql import cone_query, identifier, pair_condition
 from .csc.cone import ConeService
-from .csc.pyvo_errors import translated
+from .csc.errors import QueryError, ResultTooLarge
 from .csc.tap import TapClient
-from .csc.votable import check_body
+from .csc.votable import check_body, overflowed, read_table
 
-__all__ = ["Matches", "match_by_cones", "match_by_upload", "best_only", "join", "plan_cones",
-           "sep_arcsec"]
+__all__ = ["Matches", "TapCones", "UploadIncomplete", "match_by_cones", "match_by_upload",
+           "best_only", "join", "plan_cones", "sep_arcsec"]
 
 log = logging.getLogger(__name__)
+
+#: most rows matched by one sync upload; more go as an async job
+SYNC_UPLOAD_ROWS = 5000
+
+
+class UploadIncomplete(QueryError):
+    """The upload match hit the service's row limit (MAXREC): some pairs would be missing."""
 
 
 def sep_arcsec(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: np.ndarray
                ) -> np.ndarray:
-    """Angular separation in arcsec (haversine), vectorised."""
+    """Angular separation in arcsec, vectorised.
+
+    astropy's :func:`~astropy.coordinates.angular_separation` (the Vincenty formula that
+    :meth:`~astropy.coordinates.SkyCoord.separation` uses), without building SkyCoords for
+    every cone of a match.
+    """
     r1, d1, r2, d2 = (np.radians(np.asarray(x, dtype=float)) for x in (ra1, dec1, ra2, dec2))
-    h = np.sin((d2 - d1) / 2) ** 2 + np.cos(d1) * np.cos(d2) * np.sin((r2 - r1) / 2) ** 2
-    return np.degrees(2 * np.arcsin(np.minimum(1.0, np.sqrt(h)))) * 3600.0
+    return np.degrees(np.asarray(angular_separation(r1, d1, r2, d2), dtype=float)) * 3600.0
+
+
+@dataclass(frozen=True)
+class TapCones:
+    """Cones of a match run as ADQL on a TAP service (``cone.service: tap``).
+
+    Attributes
+    ----------
+    tap : TapClient
+        The service.
+    table : str
+        The catalogue table (``tap.table``).
+    dialect : str
+        ``tap.dialect``: ``auto`` falls back through the dialects the service refuses.
+    maxrec : int or None
+        MAXREC of each cone.
+    """
+
+    tap: TapClient
+    table: str
+    dialect: str = "auto"
+    maxrec: int | None = None
 
 
 @dataclass
@@ -92,24 +131,48 @@ def plan_cones(ra: np.ndarray, dec: np.ndarray, rows: np.ndarray, radius: float,
 
 def _fetch_cone(svc: ConeService, ra: float, dec: float, sr: float, verb: int
                 ) -> tuple[bytes, str]:
-    """Download one cone's VOTable (on a worker thread: network only)."""
+    """Download one cone's VOTable (on a worker thread: network only), within the size cap."""
     params = svc.params(ra, dec, sr, verb)
     resp = http.request(svc.session, "GET", svc.url, "cone search", retries=svc.retries,
-                        params=params)
+                        params=params, stream=True)
     with resp:
         http.raise_for_http(resp, "cone search")
-        return resp.content, resp.url
+        body = bytearray()
+        for chunk in resp.iter_content(1 << 20):
+            body += chunk
+            if len(body) > svc.max_bytes:
+                raise ResultTooLarge(f"cone search: the result is over the cap of "
+                                     f"{svc.max_bytes:,} bytes", url=resp.url)
+        return bytes(body), resp.url
+
+
+def _fetch_tap_cone(src: TapCones, ra: float, dec: float, sr: float,
+                    columns: Sequence[str]) -> tuple[bytes, str]:
+    """Run one ADQL cone (on a worker thread: network only); a box is cut by the caller."""
+    cols = list(dict.fromkeys([*columns, "ra", "dec"]))
+
+    def run(dialect: str) -> bytes:
+        adql = cone_query(src.table, ra, dec, sr, dialect, columns=cols)
+        body = src.tap.sync_body(adql, src.maxrec, what="TAP cone")
+        if overflowed(body):
+            raise QueryError(f"TAP cone: the service cut the answer at MAXREC "
+                             f"({src.maxrec or 'its default'} rows), so matches could be "
+                             "missing; raise tap.maxrec or lower match.batch_cell",
+                             url=src.tap.url)
+        return body
+
+    body, _ = src.tap.with_dialect(run, src.dialect)
+    return body, src.tap.url + "/sync"
 
 
 def _cone_table(body: bytes, url: str) -> Table:
-    """Parse one cone's VOTable (on the calling thread only).
+    """Parse one cone's VOTable (on the calling thread only), its nulls kept as nulls.
 
     Parsing in the worker threads crashed the process with SIGSEGV (inside expat, and in a
     garbage collection during astropy's VOTable parser), so the workers only download.
     """
     check_body(body, url, "cone search")
-    with quiet_astropy():
-        return parse_single_table(io.BytesIO(body)).to_table(use_names_over_ids=True)
+    return read_table(body)
 
 
 def _keep(t: Table, columns: Sequence[str]) -> Table:
@@ -117,10 +180,30 @@ def _keep(t: Table, columns: Sequence[str]) -> Table:
     return t[wanted]
 
 
-def match_by_cones(svc: ConeService, ra: np.ndarray, dec: np.ndarray, valid: np.ndarray,
-                   radius: float, columns: Sequence[str], *, verb: int = 2,
+def match_by_cones(svc: ConeService | TapCones, ra: np.ndarray, dec: np.ndarray,
+                   valid: np.ndarray, radius: float, columns: Sequence[str], *, verb: int = 2,
                    parallelism: int = 4, cell: float = 0.1) -> Matches:
-    """Match by cone searches, ``parallelism`` at a time, positions batched into cells."""
+    """Match by cones, ``parallelism`` at a time, positions batched into cells.
+
+    Parameters
+    ----------
+    svc : ConeService or TapCones
+        Cone searches (at ``verb``), or ADQL cones on TAP selecting ``columns``.
+    ra, dec : numpy.ndarray
+        Positions, degrees.
+    valid : numpy.ndarray
+        Which rows to match.
+    radius : float
+        Match radius, degrees.
+    columns : sequence of str
+        CSC columns kept in the result (those the answers have).
+    verb : int
+        VERB of the cone searches.
+    parallelism : int
+        Requests in flight at once.
+    cell : float
+        Cell size, degrees (see :func:`plan_cones`).
+    """
     rows = np.flatnonzero(valid)
     plan = plan_cones(ra, dec, rows, radius, cell)
     if not plan:
@@ -134,6 +217,8 @@ def match_by_cones(svc: ConeService, ra: np.ndarray, dec: np.ndarray, valid: np.
 
     def fetch(item: tuple[float, float, float, np.ndarray]) -> tuple[bytes, str]:
         rc, dc, sr, _ = item
+        if isinstance(svc, TapCones):
+            return _fetch_tap_cone(svc, rc, dc, sr, columns)
         return _fetch_cone(svc, rc, dc, sr, verb)
 
     def one(item: tuple[float, float, float, np.ndarray], body: bytes, url: str
@@ -177,29 +262,73 @@ def match_by_cones(svc: ConeService, ra: np.ndarray, dec: np.ndarray, valid: np.
                    len(plan))
 
 
-def match_by_upload(tap: TapClient, ra: np.ndarray, dec: np.ndarray, valid: np.ndarray,
-                    radius: float, columns: Sequence[str], table: str) -> Matches:
-    """Match with one TAP upload join (ADQL geometry on the service)."""
-    from pyvo.dal import TAPService
+def _upload_body(rows: np.ndarray, ra: np.ndarray, dec: np.ndarray) -> Table:
+    return Table([rows.astype(np.int64), ra[rows], dec[rows]], names=["sb_idx", "sb_ra", "sb_dec"])
 
+
+def _votable_bytes(t: Table) -> bytes:
+    """Return ``t`` as a TABLEDATA VOTable, written by astropy's Python writer.
+
+    TABLEDATA is what every TAP service reads (DaCHS 2.7 cannot read astropy's BINARY); the
+    Python writer, as in ``engine._write_votable``.
+    """
+    from astropy.io.votable import from_table
+
+    buf = io.BytesIO()
+    with quiet_astropy():
+        from_table(t).to_xml(buf, tabledata_format="tabledata", _debug_python_based_parser=True)
+    return buf.getvalue()
+
+
+def _run_upload(tap: TapClient, adql: str, upload: Table, maxrec: int) -> bytes | None:
+    """Run the upload join (sync for a few rows, async for many); ``None`` on an overflow."""
+    if len(upload) <= SYNC_UPLOAD_ROWS:
+        body = tap.sync_body(adql, maxrec, {"sb_pos": _votable_bytes(upload)},
+                             what="TAP upload match")
+        return None if overflowed(body) else body
+    with tempfile.TemporaryDirectory(prefix="sampbridge-upload-") as tmp:
+        dest = Path(tmp) / "match.vot"
+        res = tap.async_to_file(adql, dest, maxrec, uploads={"sb_pos": upload})
+        return None if res.overflow else dest.read_bytes()
+
+
+def match_by_upload(tap: TapClient, ra: np.ndarray, dec: np.ndarray, valid: np.ndarray,
+                    radius: float, columns: Sequence[str], table: str, *,
+                    dialect: str = "auto") -> Matches:
+    """Match with one TAP upload join, in the ADQL dialect the service accepts.
+
+    Raises
+    ------
+    UploadIncomplete
+        When the service cut the answer at MAXREC (pairs would be missing).
+    CSCError
+        When the service refuses the upload or the query, or fails.
+    """
     rows = np.flatnonzero(valid)
     if not len(rows):
         return _empty(columns, "upload")
     cols = list(dict.fromkeys([*columns, "ra", "dec"]))
-    upload = Table([rows.astype(np.int64), ra[rows], dec[rows]],
-                   names=["sb_idx", "sb_ra", "sb_dec"])
+    upload = _upload_body(rows, ra, dec)
     select = ", ".join(f"m.{identifier(c)}" for c in cols)
-    adql = (f"SELECT u.sb_idx, {select} FROM TAP_UPLOAD.sb_pos AS u "
-            f"JOIN {identifier(table)} AS m ON 1=CONTAINS(POINT('ICRS', m.ra, m.dec), "
-            f"CIRCLE('ICRS', u.sb_ra, u.sb_dec, {number(radius)}))")
+    maxrec = max(10 * len(rows), 100000)
+    top = float(np.max(np.abs(dec[rows])))
     t0 = time.monotonic()
-    with translated("TAP upload match", tap.url), quiet_astropy():
-        svc = TAPService(tap.url, session=tap.session)
-        run = svc.run_sync if len(rows) <= 5000 else svc.run_async
-        result = run(adql, uploads={"sb_pos": upload}, maxrec=max(10 * len(rows), 100000))
-        t = result.to_table()
-    log.info("matching: %d positions by one TAP upload in %.0f ms", len(rows),
-             (time.monotonic() - t0) * 1000)
+
+    def run(d: str) -> bytes:
+        adql = (f"SELECT u.sb_idx, {select} FROM TAP_UPLOAD.sb_pos AS u "
+                f"JOIN {identifier(table)} AS m ON "
+                f"{pair_condition(d, radius, max_abs_dec=top)}")
+        body = _run_upload(tap, adql, upload, maxrec)
+        if body is None:
+            raise UploadIncomplete(f"TAP upload match: the service cut the answer at MAXREC "
+                                   f"({maxrec:,} rows), so pairs would be missing",
+                                   url=tap.url)
+        return body
+
+    body, used = tap.with_dialect(run, dialect)
+    t = read_table(body)
+    log.info("matching: %d positions by one TAP upload (%s dialect) in %.0f ms", len(rows),
+             used, (time.monotonic() - t0) * 1000)
     if len(t) == 0:
         return _empty(columns, "upload", 1)
     idx = np.asarray(t["sb_idx"], dtype=int)

@@ -82,3 +82,61 @@ def test_bad_inputs():
         cone_condition(1, 1, 0, "geometry")
     with pytest.raises(ValueError):
         cone_condition(1, 1, 0.1, "sql")
+
+
+def test_box_dialect_is_the_csc_box_without_a_distance_function():
+    for ra, dec, r in ((246.7925, -24.32027, 0.05), (0.02, 1.5, 0.1), (12.0, 89.85, 0.25)):
+        csc = cone_condition(ra, dec, r, "csc")
+        box = cone_condition(ra, dec, r, "box")
+        assert csc.startswith(box + " AND dbo.cone_distance(")
+        assert "cone_distance" not in box and "CONTAINS" not in box
+    assert cone_query("t", 1, 1, 0.1, "box", columns=["name"]).startswith(
+        "SELECT name FROM t WHERE dec BETWEEN 0.9 AND 1.1 AND ra BETWEEN")
+
+
+def test_pair_condition_in_each_dialect():
+    from sampbridge.csc.adql import pair_condition
+
+    r = 3 / 3600
+    assert pair_condition("geometry", r) == (
+        "1=CONTAINS(POINT('ICRS', m.ra, m.dec), CIRCLE('ICRS', u.sb_ra, u.sb_dec, 0.0008333333))")
+    csc = pair_condition("csc", r, max_abs_dec=30)
+    assert csc.startswith("m.dec BETWEEN u.sb_dec - 0.00083333") and \
+        csc.endswith("dbo.cone_distance(m.ra, m.dec, u.sb_ra, u.sb_dec) <= 0.05")
+    box = pair_condition("box", r, max_abs_dec=30)
+    assert "cone_distance" not in box and box.count("m.ra BETWEEN") == 3   # RA 0/360 as well
+    assert "m.ra" not in pair_condition("box", r, max_abs_dec=89.9999)    # a pole: no RA limit
+    with pytest.raises(ValueError):
+        pair_condition("sql", r)
+    with pytest.raises(ValueError):
+        pair_condition("box", 0)
+    with pytest.raises(ValueError):
+        pair_condition("box", r, ra_col='m.ra"; DROP TABLE x; --')
+
+
+def test_box_pair_window_holds_every_pair_within_the_radius():
+    """Evaluate the box join condition on random pairs within the radius: all are kept."""
+    import re
+
+    from sampbridge.csc.adql import pair_condition
+
+    rng = random.Random(11)
+    for _ in range(200):
+        r = rng.choice([1 / 3600, 3 / 3600, 30 / 3600, 0.2])
+        top = rng.uniform(0, 89)
+        cond = pair_condition("box", r, max_abs_dec=top)
+        pad = float(re.search(r"u\.sb_dec - ([0-9.]+)", cond).group(1))
+        m = re.search(r"u\.sb_ra - ([0-9.]+) AND", cond)
+        w = float(m.group(1)) if m else None
+        for _ in range(20):
+            ra0, dec0 = rng.uniform(0, 360), rng.uniform(-top, top)
+            bearing, d = rng.uniform(0, 2 * math.pi), r * math.sqrt(rng.random())
+            d1, a1, dr = map(math.radians, (dec0, ra0, d))
+            dec = math.asin(math.sin(d1) * math.cos(dr)
+                            + math.cos(d1) * math.sin(dr) * math.cos(bearing))
+            ra = a1 + math.atan2(math.sin(bearing) * math.sin(dr) * math.cos(d1),
+                                 math.cos(dr) - math.sin(d1) * math.sin(dec))
+            ra, dec = math.degrees(ra) % 360.0, math.degrees(dec)
+            assert abs(dec - dec0) <= pad
+            if w is not None:
+                assert any(ra0 - w <= ra + k <= ra0 + w for k in (0, 360, -360)), (ra0, ra, w)

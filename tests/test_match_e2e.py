@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import warnings
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -13,11 +14,13 @@ import pytest
 from astropy.io.votable import parse_single_table
 from astropy.table import Table
 
+from sampbridge.csc import tap as tapmod
+from sampbridge.csc.errors import QueryError
 from sampbridge.engine import Engine
 from sampbridge.model import TapRequest
 
 from conftest import wait_for
-from helpers import path_of
+from helpers import SHAPES, LyingTap, path_of, shape
 
 pytestmark = pytest.mark.server
 
@@ -28,15 +31,13 @@ def read(path: Path) -> Table:
         return parse_single_table(str(path)).to_table()
 
 
-@pytest.fixture(scope="module")
-def sources(vo_server, tmp_path_factory) -> Table:
-    """300 CSC sources from the mimic: names and positions, with 0.3" noise."""
+def _sources(vo_server: str, d: Path, n: int) -> Table:
+    """``n`` CSC sources from the mimic: names and positions, with 0.3" noise."""
     from conftest import local_config
 
-    d = tmp_path_factory.mktemp("src")
     e = Engine(local_config(vo_server, d))
     try:
-        res = e.run_tap(TapRequest("SELECT TOP 300 name, ra, dec FROM csc21.master_source "
+        res = e.run_tap(TapRequest(f"SELECT TOP {n} name, ra, dec FROM csc21.master_source "
                                    "WHERE name NOT LIKE '%X' ORDER BY name", None, None))
     finally:
         e.close()
@@ -56,6 +57,23 @@ def sources(vo_server, tmp_path_factory) -> Table:
     return out
 
 
+@pytest.fixture(scope="module")
+def sources(vo_server, tmp_path_factory) -> Table:
+    """300 CSC sources from the mimic: names and positions, with 0.3" noise."""
+    return _sources(vo_server, tmp_path_factory.mktemp("src"), 300)
+
+
+@pytest.fixture(scope="module")
+def sources1000(vo_server, tmp_path_factory) -> Table:
+    """1000 CSC sources from the mimic, built as ``sources``."""
+    return _sources(vo_server, tmp_path_factory.mktemp("src1000"), 1000)
+
+
+def pairs_of(path: Path) -> list[tuple[int, str]]:
+    t = read(path)
+    return sorted(zip(t["input_row"].tolist(), [str(n) for n in t["name_csc"]], strict=True))
+
+
 def write(t: Table, path: Path, fmt: str = "votable") -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -64,11 +82,13 @@ def write(t: Table, path: Path, fmt: str = "votable") -> Path:
 
 
 @pytest.mark.parametrize("mode", ["best", "all"])
-def test_upload_and_cone_strategies_give_the_same_rows(cfg, sources, mode):
+def test_upload_and_cone_strategies_give_the_same_rows(cfg, vo_server, sources, mode):
+    """An upload join on the standard shape (CXC takes no upload) and cone searches on CXC."""
     pairs = {}
     for strategy, cell in (("upload", 0.1), ("cone", 0.1), ("cone", 0.0)):
+        tap = f"{vo_server}/tap" if strategy == "upload" else cfg["services.tap"]
         e = Engine(cfg.replace(**{"match.strategy": strategy, "match.batch_cell": cell,
-                                  "match.mode": mode}))
+                                  "match.mode": mode, "services.tap": tap}))
         try:
             res = e.run_match(sources[:120], "list")
         finally:
@@ -81,13 +101,16 @@ def test_upload_and_cone_strategies_give_the_same_rows(cfg, sources, mode):
     assert len(pairs[("upload", 0.1)]) >= 120 if mode == "all" else True
 
 
-def test_match_keeps_units_ucds_and_finds_the_right_sources(cfg, sources, tmp_path):
-    e = Engine(cfg)
+@pytest.mark.parametrize("name, strategy", [("cxc", "cone"), ("pessimistic", "cone"),
+                                            ("standard", "upload")])
+def test_match_keeps_units_ucds_and_finds_the_right_sources(cfg, vo_server, sources, tmp_path,
+                                                            name, strategy):
+    e = Engine(cfg.replace(**shape(vo_server, name).settings()))
     try:
         res = e.run_match(sources, "mylist")
     finally:
         e.close()
-    assert res.name == "mylist \u00d7 CSC 2.1" and res.strategy == "upload"
+    assert res.name == "mylist \u00d7 CSC 2.1" and res.strategy == strategy
     # TABLEDATA (which TOPCAT reads, bit columns included), written by astropy's Python writer
     # since its C writer corrupted memory (docs/performance.md)
     assert b"<TABLEDATA>" in res.path.read_bytes()
@@ -102,6 +125,110 @@ def test_match_keeps_units_ucds_and_finds_the_right_sources(cfg, sources, tmp_pa
     t = vt.to_table()
     assert [str(a) for a in t["src"]] == [str(b) for b in t["name_csc"]]
     assert (np.asarray(t["sep_arcsec"]) < 3).all()
+
+
+@pytest.mark.parametrize("cones", ["scs", "tap"])
+def test_a_1000_row_match_gives_the_same_pairs_on_every_shape(cfg, vo_server, sources1000,
+                                                              cones):
+    """Upload on the standard shape, cones on both CXC shapes (cone searches, or ADQL cones in
+    the dialect each accepts: dbo.cone_distance on CXC, a box cut here on the pessimistic)."""
+    got, strategy = {}, {}
+    for name in SHAPES:
+        e = Engine(cfg.replace(**shape(vo_server, name).settings(),
+                               **{"match.mode": "all", "cone.service": cones,
+                                  "cache.enabled": False}))
+        try:
+            res = e.run_match(sources1000, "thousand")
+        finally:
+            e.close()
+        got[name], strategy[name] = pairs_of(res.path), res.strategy
+        assert res.input_rows == 1000 and res.unmatched == 0
+    assert strategy == {"cxc": "cone", "pessimistic": "cone", "standard": "upload"}
+    assert got["cxc"] == got["pessimistic"] == got["standard"]
+    assert len({i for i, _ in got["standard"]}) == 1000
+    if cones == "tap":
+        assert tapmod.learnt(shape(vo_server, "cxc").tap)["dialect"] == "csc"
+        assert tapmod.learnt(shape(vo_server, "pessimistic").tap)["dialect"] == "box"
+
+
+def test_an_upload_refused_at_run_time_goes_by_cones_and_is_remembered(cfg, vo_server,
+                                                                       sources, caplog):
+    """/capabilities promise upload and geometry, but the service refuses the upload (HTTP 400
+    and a VOTable error, as CXC's does): the match goes by cones, now and from then on."""
+    caplog.set_level(logging.INFO, logger="sampbridge")
+    with LyingTap(f"{vo_server}/tap", f"{vo_server}/csc21tap") as lying:
+        e = Engine(cfg.replace(**{"services.tap": lying.url, "cache.enabled": False}))
+        try:
+            assert e.match_strategy() == "upload"
+            first = e.run_match(sources[:60], "list")
+            assert e.match_strategy() == "cone"
+            again = e.run_match(sources[60:120], "list")
+        finally:
+            e.close()
+        assert lying.uploads == 1
+    assert first.strategy == again.strategy == "cone"
+    assert first.unmatched == again.unmatched == 0
+    said = [r.getMessage() for r in caplog.records if "refused a table upload" in r.getMessage()]
+    assert len(said) == 1 and "UPLOAD is not supported by this service" in said[0]
+    ref = Engine(cfg.replace(**{"match.strategy": "upload",
+                                "services.tap": f"{vo_server}/tap"}))
+    try:
+        assert pairs_of(first.path) == pairs_of(ref.run_match(sources[:60], "list").path)
+    finally:
+        ref.close()
+
+
+def test_a_forced_upload_that_is_refused_says_so(cfg, vo_server, sources):
+    """match.strategy: upload on CXC: the user asked for it, so the service's refusal is the
+    answer (in its own words), not a silent switch to cones."""
+    e = Engine(cfg.replace(**{"match.strategy": "upload"}))
+    try:
+        with pytest.raises(QueryError) as ei:
+            e.run_match(sources[:5], "list")
+    finally:
+        e.close()
+    text = str(ei.value)
+    assert "UPLOAD is not supported by this service" in text and "<?xml" not in text
+
+
+def test_a_match_by_cones_keeps_the_nulls(cfg, vo_server, sources):
+    """CXC's 1.2 cone answers write null integers as empty cells: the match keeps them null,
+    as the standard shape's upload join does."""
+    cols = ["name", "ra", "dec", "var_intra_index_w", "var_inter_index_b", "flux_aper_w",
+            "conf_flag"]
+    got = {}
+    for name in ("cxc", "standard"):
+        e = Engine(cfg.replace(**shape(vo_server, name).settings(),
+                               **{"match.columns": cols, "match.mode": "all"}))
+        try:
+            t = read(e.run_match(sources[:120], "list").path)
+        finally:
+            e.close()
+        t.sort(["input_row", "name_csc"])
+        got[name] = t
+    a, b = got["cxc"], got["standard"]
+    assert len(a) == len(b) >= 120
+    assert np.ma.count_masked(b["var_intra_index_w_csc"]) > 0
+    for c in cols:
+        col = c + "_csc"
+        assert (np.ma.getmaskarray(a[col]) == np.ma.getmaskarray(b[col])).all(), col
+        keep = ~np.ma.getmaskarray(b[col])
+        assert (np.asarray(a[col])[keep] == np.asarray(b[col])[keep]).all(), col
+
+
+def test_a_match_asks_for_the_verb_its_columns_need(cfg, sources, caplog):
+    """err_ellipse_r1 and err_ellipse_ang come at VERB=3 only from CXC's cone search."""
+    caplog.set_level(logging.INFO, logger="sampbridge")
+    cols = ["name", "ra", "dec", "err_ellipse_r0", "err_ellipse_r1", "err_ellipse_ang"]
+    e = Engine(cfg.replace(**{"match.columns": cols}))
+    try:
+        res = e.run_match(sources[:20], "list")
+    finally:
+        e.close()
+    t = read(res.path)
+    assert {"err_ellipse_r1_csc", "err_ellipse_ang_csc"} <= set(t.colnames)
+    assert not np.ma.getmaskarray(t["err_ellipse_r1_csc"]).any()
+    assert "at VERB=3" in caplog.text
 
 
 @pytest.fixture

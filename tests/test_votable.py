@@ -138,3 +138,96 @@ def test_stream_scan_of_truncated_and_binary_bodies():
                 b'datatype="int"/><DATA><BINARY2><STREAM encoding="base64">AAAA</STREAM>'
                 b"</BINARY2></DATA></TABLE></RESOURCE></VOTABLE>")
     assert binary.summary() is None      # left to the parser
+
+
+def _v12(version: str = "1.2", root: str = "VOTABLE", extra: str = "") -> bytes:
+    """A CXC-style VOTable: 1.2 namespace, TABLEDATA, T/F booleans, empty cells for nulls."""
+    ns = "" if ":" in root else ' xmlns="http://www.ivoa.net/xml/VOTable/v1.2"'
+    p = root.split(":")[0] + ":" if ":" in root else ""
+    xmlns = f' xmlns:{p[:-1]}="http://www.ivoa.net/xml/VOTable/v1.2"' if p else ""
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<{root} version="{version}"{ns}{xmlns}>'
+            f'<{p}RESOURCE type="results"><{p}INFO name="QUERY_STATUS" value="OK"/>{extra}'
+            f'<{p}TABLE><{p}FIELD name="name" datatype="char" arraysize="*"/>'
+            f'<{p}FIELD name="n" datatype="short"/><{p}FIELD name="flag" datatype="boolean"/>'
+            f'<{p}FIELD name="x" datatype="double"/><{p}DATA><{p}TABLEDATA>'
+            f"<{p}TR><{p}TD>a</{p}TD><{p}TD>2</{p}TD><{p}TD>T</{p}TD><{p}TD>1.5</{p}TD></{p}TR>"
+            f"<{p}TR><{p}TD>b</{p}TD><{p}TD/><{p}TD>F</{p}TD><{p}TD/></{p}TR>"
+            f"<{p}TR><{p}TD>c</{p}TD><{p}TD></{p}TD><{p}TD/><{p}TD>-3</{p}TD></{p}TR>"
+            f"</{p}TABLEDATA></{p}DATA></{p}TABLE></{p}RESOURCE></{root}>\n").encode()
+
+
+@pytest.mark.parametrize("root", ["VOTABLE", "vot:VOTABLE"])
+def test_empty_integer_cells_of_a_1_2_table_are_read_as_nulls(root):
+    import io
+    import warnings
+
+    import numpy as np
+    from astropy.io.votable import parse_single_table
+
+    from sampbridge.csc.votable import nulls_kept, read_table
+
+    body = _v12(root=root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        naive = parse_single_table(io.BytesIO(body)).to_table()
+    assert list(naive["n"]) == [2, 0, 0]           # astropy 8 on a 1.2 document: 0, not null
+    t = read_table(body)
+    assert list(np.ma.getmaskarray(t["n"])) == [False, True, True] and t["n"][0] == 2
+    assert list(np.ma.getmaskarray(t["x"])) == [False, True, False]
+    assert [bool(v) for v in t["flag"][:2]] == [True, False]
+    assert [str(v) for v in t["name"]] == ["a", "b", "c"]
+    fixed = nulls_kept(body)
+    assert b'version="1.3"' in fixed and b"VOTable/v1.2" in fixed      # namespace kept
+    assert len(fixed) == len(body) and fixed.replace(b'"1.3"', b'"1.2"') == body
+
+
+@pytest.mark.parametrize("version", ["1.3", "1.4"])
+def test_nulls_kept_leaves_newer_documents_alone(version):
+    from sampbridge.csc.votable import nulls_kept
+
+    body = _v12(version)
+    assert nulls_kept(body) == body
+    late = _v12("1.2", extra="<INFO name='x' value='version=\"1.1\"'/>")
+    assert nulls_kept(late).count(b'"1.3"') == 1         # the root's attribute only
+
+
+def test_error_text_reads_the_services_words():
+    from sampbridge.csc.votable import error_text
+
+    cxc = (b'<?xml version="1.0" encoding="UTF-8"?>\n<VOTABLE version="1.2" '
+           b'xmlns="http://www.ivoa.net/xml/VOTable/v1.2"><RESOURCE type="results">'
+           b'<INFO name="QUERY_STATUS" value="ERROR">Query failed: dbo.cone_distance(ra, dec) '
+           b"&lt;= r is\n   wrong</INFO></RESOURCE></VOTABLE>")
+    assert error_text(cxc) == "Query failed: dbo.cone_distance(ra, dec) <= r is wrong"
+    assert error_text((REC / "tap_error.xml").read_bytes()) == (
+        "Field query: No such field known: column 'nope' could not be located in table metadata")
+    assert error_text(b'<VOTABLE><INFO name="ERROR" value="bad &amp; worse"/></VOTABLE>') == \
+        "bad & worse"
+    assert error_text(b'<VOTABLE><RESOURCE><INFO name="QUERY_STATUS" value="ERROR"/>'
+                      b"</RESOURCE></VOTABLE>") == "QUERY_STATUS=ERROR"
+    assert error_text(_v12()) is None
+    assert error_text(b"<html><title>Bad Request</title></html>") is None
+    assert error_text(b"") is None
+
+
+def test_overflowed():
+    from sampbridge.csc.votable import overflowed
+
+    assert overflowed((REC / "tap_overflow.xml").read_bytes())
+    assert not overflowed(_v12())
+
+
+def test_a_small_tabledata_result_is_summarized_from_its_scan(tmp_path, monkeypatch):
+    """Cone answers are small: with the scan that watched them stream, no parse at all."""
+    from sampbridge.csc import votable
+
+    body = _v12()
+    p = tmp_path / "cone.vot"
+    p.write_bytes(body)
+    scan = votable.StreamScan()
+    for i in range(0, len(body), 50):
+        scan.feed(body[i:i + 50])
+    monkeypatch.setattr(votable.ET, "iterparse",
+                        lambda *a, **k: pytest.fail("a streamed TABLEDATA body was parsed"))
+    s = check_result(p, scan=scan)
+    assert (s.rows, s.status, s.columns) == (3, "OK", ["name", "n", "flag", "x"])

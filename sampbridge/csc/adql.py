@@ -1,10 +1,12 @@
-"""ADQL built from validated numbers and identifiers only: cones in two dialects.
+"""ADQL built from validated numbers and identifiers only: cones in three dialects.
 
 * ``geometry``: ``1=CONTAINS(POINT('ICRS', ra, dec), CIRCLE('ICRS', ra0, dec0, r))``, for
   services whose ``/capabilities`` list the ADQL geometry functions (DaCHS and most others).
-* ``csc``: what the CSC TAP service accepts, which has no ADQL geometry: a ``BETWEEN`` box on
+* ``csc``: what the CSC TAP service documents, which has no ADQL geometry: a ``BETWEEN`` box on
   ``ra``/``dec`` (so the index is used) cut by ``dbo.cone_distance(...) <= R_ARCMIN``.  The box
   is exact on the sphere, splits at RA 0/360 and drops the RA limits when the cone holds a pole.
+* ``box``: the same box and nothing else, for a service that knows no distance function at
+  all; the caller cuts the rows to the cone itself (see :meth:`.tap.TapClient.cone_to_file`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ import math
 import re
 from collections.abc import Sequence
 
-__all__ = ["number", "identifier", "ra_dec_box", "cone_condition", "cone_query"]
+__all__ = ["DIALECTS", "number", "identifier", "ra_dec_box", "cone_condition", "cone_query",
+           "pair_condition"]
+
+#: the cone dialects, in the order a client falls back through them
+DIALECTS = ("geometry", "csc", "box")
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -81,8 +87,9 @@ def cone_condition(ra: float, dec: float, radius: float, dialect: str, *,
     ----------
     ra, dec, radius : float
         Centre and radius in degrees (validated here).
-    dialect : {'geometry', 'csc'}
-        Which form to write (see the module docstring).
+    dialect : {'geometry', 'csc', 'box'}
+        Which form to write (see the module docstring); ``box`` selects a superset of the
+        cone, which the caller cuts.
     ra_col, dec_col : str
         Position columns (validated identifiers).
     distance : str, optional
@@ -99,13 +106,15 @@ def cone_condition(ra: float, dec: float, radius: float, dialect: str, *,
     if dialect == "geometry":
         return (f"1=CONTAINS(POINT('ICRS', {rc}, {dc}), "
                 f"CIRCLE('ICRS', {number(ra0)}, {number(dec)}, {number(radius)}))")
-    if dialect != "csc":
+    if dialect not in ("csc", "box"):
         raise ValueError(f"unknown ADQL dialect {dialect!r}")
     (dlo, dhi), ras = ra_dec_box(ra0, float(dec), float(radius))
     terms = [f"{dc} BETWEEN {number(dlo)} AND {number(dhi)}"]
     if ras:
         parts = [f"{rc} BETWEEN {number(a)} AND {number(b)}" for a, b in ras]
         terms.append(parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")")
+    if dialect == "box":
+        return " AND ".join(terms)
     tmpl = distance or "dbo.cone_distance({ra}, {dec}, {ra0}, {dec0}) <= {r_arcmin}"
     terms.append(tmpl.format(ra=rc, dec=dc, ra0=number(ra0), dec0=number(dec),
                              r_deg=number(radius), r_arcmin=number(radius * 60.0)))
@@ -121,3 +130,48 @@ def cone_query(table: str, ra: float, dec: float, radius: float, dialect: str, *
     where = cone_condition(ra, dec, radius, dialect, ra_col=ra_col, dec_col=dec_col,
                            distance=distance)
     return f"SELECT {top_s}{cols} FROM {identifier(table)} WHERE {where}"
+
+
+def pair_condition(dialect: str, radius: float, *, ra_col: str = "m.ra", dec_col: str = "m.dec",
+                   ra0_col: str = "u.sb_ra", dec0_col: str = "u.sb_dec",
+                   max_abs_dec: float = 90.0) -> str:
+    """Return an ADQL join condition: rows within ``radius`` degrees of another table's rows.
+
+    Used to join an uploaded table of positions (``ra0_col``, ``dec0_col``) to the catalogue.
+
+    Parameters
+    ----------
+    dialect : {'geometry', 'csc', 'box'}
+        ``geometry``: CONTAINS; ``csc``: a declination band and ``dbo.cone_distance``;
+        ``box``: a declination band and an RA window (at RA 0/360 too), a superset the caller
+        cuts.
+    radius : float
+        Degrees.
+    ra_col, dec_col, ra0_col, dec0_col : str
+        Column references (validated identifiers).
+    max_abs_dec : float
+        The largest ``|dec|`` among the uploaded positions: it sets the box's RA window, which
+        is dropped when a cone may reach a pole.
+    """
+    if not 0.0 < float(radius) <= 180.0:
+        raise ValueError(f"radius must be between 0 and 180 degrees, not {radius!r}")
+    rc, dc, r0, d0 = (identifier(c) for c in (ra_col, dec_col, ra0_col, dec0_col))
+    r = number(radius)
+    if dialect == "geometry":
+        return f"1=CONTAINS(POINT('ICRS', {rc}, {dc}), CIRCLE('ICRS', {r0}, {d0}, {r}))"
+    pad = number(float(radius) * (1 + 1e-9) + 1e-9)     # never narrower than the radius
+    band = f"{dc} BETWEEN {d0} - {pad} AND {d0} + {pad}"
+    if dialect == "csc":
+        return (f"{band} AND dbo.cone_distance({rc}, {dc}, {r0}, {d0}) "
+                f"<= {number(radius * 60.0)}")
+    if dialect != "box":
+        raise ValueError(f"unknown ADQL dialect {dialect!r}")
+    edge = abs(float(max_abs_dec)) + float(radius)
+    s = math.sin(math.radians(radius)) / math.cos(math.radians(min(edge, 90.0)) or 1e-300)
+    if edge >= 90.0 or s >= 1.0:
+        return band
+    w = number(math.degrees(math.asin(s)) * (1 + 1e-9) + 1e-9)
+    windows = [f"{rc} BETWEEN {r0} - {w} AND {r0} + {w}",
+               f"{rc} BETWEEN {r0} - {w} + 360 AND {r0} + {w} + 360",
+               f"{rc} BETWEEN {r0} - {w} - 360 AND {r0} + {w} - 360"]
+    return f"{band} AND ({' OR '.join(windows)})"

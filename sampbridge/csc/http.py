@@ -15,7 +15,14 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from .. import __version__
-from .errors import CSCError, ResultTooLarge, ServiceError, ServiceTimeout, ServiceUnreachable
+from .errors import (
+    CSCError,
+    QueryError,
+    ResultTooLarge,
+    ServiceError,
+    ServiceTimeout,
+    ServiceUnreachable,
+)
 
 __all__ = ["USER_AGENT", "TimeoutSession", "make_session", "download", "raise_for_http"]
 
@@ -71,15 +78,50 @@ def make_session(connect_timeout: float = 10.0, read_timeout: float = 120.0,
 
 
 def raise_for_http(resp: requests.Response, what: str) -> None:
-    """Raise :class:`ServiceError` for an HTTP error status, with the body's first line."""
+    """Raise for an HTTP error status, quoting the service's own words.
+
+    A body that is a VOTable error document (``QUERY_STATUS=ERROR`` or an ``ERROR`` INFO, as
+    TAP and cone services send with HTTP 400) gives its error text, and a 4xx of that kind is
+    a :class:`QueryError` (the service refused the query); an HTML page gives its title; a
+    plain-text body its first line.  At most the first 64 kB of the body are read.
+
+    Raises
+    ------
+    QueryError
+        For HTTP 4xx whose body is a VOTable stating an error.
+    ServiceError
+        For any other HTTP status of 400 or more.
+    """
     if resp.status_code < 400:
         return
     try:
-        body = resp.text.strip().splitlines()[0][:300] if resp.text else ""
-    except Exception:  # noqa: BLE001 - a body that cannot be decoded says nothing useful
-        body = ""
-    raise ServiceError(f"{what} failed with HTTP {resp.status_code} {resp.reason}",
-                       url=resp.url, status=resp.status_code, service_message=body or None)
+        head = next(resp.iter_content(1 << 16), b"") or b""
+    except Exception:  # noqa: BLE001 - a body that cannot be read says nothing useful
+        head = b""
+    from .votable import error_text
+
+    stated = error_text(head) if isinstance(head, bytes) else None
+    status = f"HTTP {resp.status_code} {resp.reason or ''}".rstrip()
+    if stated is not None and 400 <= resp.status_code < 500:
+        raise QueryError(f"{what} was rejected by the service ({status})", url=resp.url,
+                         status=resp.status_code, service_message=_short(stated))
+    raise ServiceError(f"{what} failed with {status}", url=resp.url, status=resp.status_code,
+                       service_message=_short(stated) if stated else _body_line(head))
+
+
+def _body_line(head: bytes) -> str | None:
+    """Return the gist of an error body: an HTML title, or a plain text's first line."""
+    text = head.decode("utf-8", "replace").strip()
+    if not text:
+        return None
+    if text.startswith("<"):
+        import html
+        import re
+
+        m = re.search(r"<title[^>]*>(.*?)</title>", text, re.S | re.I)
+        title = " ".join(html.unescape(m.group(1)).split()) if m else ""
+        return title[:300] or None              # markup itself says nothing to a person
+    return text.splitlines()[0][:300]
 
 
 def _retry_after(resp: requests.Response | None, attempt: int) -> float:

@@ -9,6 +9,7 @@ import requests
 from pyvo.dal.exceptions import DALFormatError, DALQueryError, DALServiceError
 
 from .errors import CSCError, QueryError, ServiceError, ServiceTimeout, ServiceUnreachable
+from .votable import error_text
 
 __all__ = ["translated"]
 
@@ -43,8 +44,28 @@ def translated(what: str, url: str) -> Iterator[None]:
         if isinstance(cause, requests.exceptions.ConnectionError):
             raise ServiceUnreachable(f"{what}: cannot reach the service", url=url,
                                      service_message=_clean(cause)) from None
+        stated = _stated(cause)
+        if stated is not None:
+            code = cause.response.status_code        # type: ignore[union-attr]
+            kind = QueryError if 400 <= code < 500 else ServiceError
+            verb = "was rejected by the service" if kind is QueryError else "failed"
+            raise kind(f"{what} {verb} (HTTP {code})", url=url, status=code,
+                       service_message=stated) from None
         raise ServiceError(f"{what} failed", url=url, status=status if isinstance(status, int)
                            else None, service_message=_clean(exc)) from None
+
+
+def _stated(cause: BaseException | None) -> str | None:
+    """Return the error text of an HTTP error's VOTable body (pyvo drops it), if any."""
+    resp = getattr(cause, "response", None)
+    if resp is None or resp.status_code < 400:
+        return None
+    try:
+        body = resp.content[:1 << 17]
+    except Exception:  # noqa: BLE001 - a body that cannot be read states nothing
+        return None
+    text = error_text(body)
+    return None if text is None else (text if len(text) <= 400 else text[:397] + "...")
 
 
 def _clean(exc: BaseException) -> str:

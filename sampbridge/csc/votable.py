@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import html
 import io
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._astropy import quiet_astropy
 from .errors import QueryError, ServiceError
 
-__all__ = ["VOTableSummary", "StreamScan", "summarize", "check_result"]
+if TYPE_CHECKING:
+    from astropy.table import Table
+
+__all__ = ["VOTableSummary", "StreamScan", "summarize", "check_result", "error_text",
+           "nulls_kept", "overflowed", "read_table"]
 
 
 @dataclass
@@ -181,11 +187,94 @@ def check_body(body: bytes, url: str | None = None, what: str = "query") -> None
                              attrs.get("value") else (text or "QUERY_STATUS=ERROR"))
 
 
+def error_text(body: bytes) -> str | None:
+    """Return the error a VOTable body states (``QUERY_STATUS=ERROR`` or an ``ERROR`` INFO).
+
+    Used on the body of an HTTP error answer, which services send as a small VOTable error
+    document: the person then reads the service's own sentence.
+
+    Parameters
+    ----------
+    body : bytes
+        The start (and, for a long body, the end) of a response body.
+
+    Returns
+    -------
+    str or None
+        The error text (``QUERY_STATUS=ERROR`` when the INFO has none); ``None`` when the body
+        is not a VOTable or states no error.
+    """
+    if _ROOT.search(body[:_EDGE]) is None:
+        return None
+    region = body if len(body) <= 2 * _EDGE else body[:_EDGE] + body[-_EDGE:]
+    for im in _INFO.finditer(region):
+        attrs = {k.decode(): (a or b).decode("utf-8", "replace")
+                 for k, a, b in _ATTR.findall(im.group(1))}
+        name = (attrs.get("name") or attrs.get("ID") or "").upper()
+        text = html.unescape((im.group(3) or b"").decode("utf-8", "replace")).strip()
+        if name == "QUERY_STATUS" and attrs.get("value", "").upper() == "ERROR":
+            return " ".join(text.split()) or "QUERY_STATUS=ERROR"
+        if name == "ERROR":
+            return " ".join((html.unescape(attrs.get("value", "")) or text).split()) \
+                or "ERROR"
+    return None
+
+
+def overflowed(body: bytes) -> bool:
+    """Return True when a VOTable body says MAXREC cut it short (``QUERY_STATUS=OVERFLOW``)."""
+    region = body if len(body) <= 2 * _EDGE else body[:_EDGE] + body[-_EDGE:]
+    for im in _INFO.finditer(region):
+        attrs = {k.decode(): (a or b).decode("utf-8", "replace")
+                 for k, a, b in _ATTR.findall(im.group(1))}
+        if (attrs.get("name") or attrs.get("ID") or "").upper() == "QUERY_STATUS" \
+                and attrs.get("value", "").upper() == "OVERFLOW":
+            return True
+    return False
+
+
+_VERSION = re.compile(rb"(<(?:[A-Za-z_][\w.-]*:)?VOTABLE\b[^>]*?\bversion\s*=\s*[\"'])"
+                      rb"1\.[012](?=[\"'])")
+
+
+def nulls_kept(body: bytes) -> bytes:
+    """Return ``body`` with a VOTable 1.0-1.2 root relabelled 1.3, so that astropy keeps nulls.
+
+    astropy (8.0) reads an empty TABLEDATA cell of an integer column as 0, unmasked, when the
+    document says version 1.2 or older (empty cells were not nulls before 1.3), but as a
+    masked value under 1.3.  Services such as the CXC ones write 1.2 documents with empty cells
+    for nulls, so a parser of their results reads them as 1.3.  Only the ``version``
+    attribute of the root element changes; the namespace and the data stay as they were.
+    """
+    return _VERSION.sub(rb"\g<1>1.3", body[:_EDGE], count=1) + body[_EDGE:]
+
+
+def read_table(source: Path | bytes) -> Table:
+    """Parse the first table of a VOTable result with its nulls kept as nulls (masked).
+
+    Parameters
+    ----------
+    source : Path or bytes
+        The VOTable file, or its body.
+
+    Returns
+    -------
+    astropy.table.Table
+        The table, columns named by their ``name`` attributes.
+    """
+    from astropy.io.votable import parse_single_table
+
+    body = source if isinstance(source, bytes) else Path(source).read_bytes()
+    with quiet_astropy():
+        return parse_single_table(io.BytesIO(nulls_kept(body)), verify="ignore").to_table(
+            use_names_over_ids=True)
+
+
 def summarize(path: Path | bytes, scan: StreamScan | None = None) -> VOTableSummary:
     """Scan ``path`` (a file, or a body held in memory) and return its :class:`VOTableSummary`.
 
     ``scan``, when given, is the :class:`StreamScan` that watched ``path`` being written: a
-    large TABLEDATA file is then summarized from it, without reading the file again.
+    TABLEDATA file of any size is then summarized from it, without reading the file again; a
+    large TABLEDATA file without one is scanned by its bytes, not parsed.
 
     TABLEDATA rows are counted as they stream past; BINARY and BINARY2 streams are
     counted by decoding one column with astropy.
@@ -198,9 +287,12 @@ def summarize(path: Path | bytes, scan: StreamScan | None = None) -> VOTableSumm
     size = len(path) if isinstance(path, bytes) else path.stat().st_size
     if size == 0:
         raise ServiceError("the service sent an empty body, not a VOTable")
-    if not isinstance(path, bytes) and size > FAST_SCAN_BYTES:
-        fast = scan.summary() if scan is not None and scan.size == size \
-            else _fast_summary(path)
+    if not isinstance(path, bytes):
+        fast = None
+        if scan is not None and scan.size == size:
+            fast = scan.summary()       # any size: the rows were counted as they streamed
+        elif size > FAST_SCAN_BYTES:
+            fast = _fast_summary(path)
         if fast is not None:
             return fast
     source = io.BytesIO(path) if isinstance(path, bytes) else str(path)
