@@ -120,13 +120,17 @@ SETTINGS: tuple[Setting, ...] = (
             "Which service runs cones: 'scs' (cone search) or 'tap' (ADQL cone on master_source).",
             _choice("scs", "tap")),
     Setting("images.enabled", True, bool, "Run a SIAP query and send images on a sky click."),
-    Setting("images.size", 0.2, _F, "SIAP SIZE in degrees.", _range(1e-6, 10.0)),
+    Setting("images.size", 0.2, _F,
+            "SIAP SIZE in degrees. A query that finds no FITS image is asked once more with "
+            "SIZE min(max(4 x SIZE, 0.1), 1).", _range(1e-6, 10.0)),
     Setting("images.format", "image/fits", str,
             "SIAP FORMAT (image/fits is what DS9 and Aladin load)."),
     Setting("images.max_count", 1, int, "How many images to download per click (nearest first).",
             _range(0, 20)),
-    Setting("images.max_bytes", 100_000_000, int,
-            "Size cap for one downloaded image, in bytes; larger images are skipped.", _positive),
+    Setting("images.max_bytes", 10_000_000, int,
+            "Size cap for one image, in bytes, downloaded and decompressed; a larger image is "
+            "skipped with a log line (CSC full-field images are 50-90 MB: raise this to get "
+            "them).", _positive),
     Setting("images.skip_repeat", True, bool,
             "On a sky click, do not send again the image the previous click sent (the viewer "
             "would reload it and lose its pan, zoom and scale, or stack a copy)."),
@@ -138,7 +142,8 @@ SETTINGS: tuple[Setting, ...] = (
             "An image received with image.load.fits: most bytes of FITS header read to find "
             "its sky footprint (the pixels are never read).", _positive),
     Setting("images.prefer_band", "b", str,
-            "Energy band preferred among the images found (b, h, m, s, u, w); '' for none."),
+            "Energy band preferred among the images found (b, h, m, s, u, w; CXC's CXO_b "
+            "spelling is the same band); '' for none."),
     Setting("tap.mode", "async", str,
             "Run TAP queries as 'async' jobs (polled) or 'sync' requests.",
             _choice("async", "sync")),

@@ -261,7 +261,12 @@ class Engine:
 
     def run_siap(self, req: SiapRequest, dest_dir: Path | None = None,
                  count: int | None = None, prefix: str | None = None) -> ImageResult:
-        """Find images at a position and download the chosen ones (streamed, capped)."""
+        """Find images at a position and download the chosen FITS ones (streamed, capped).
+
+        A query that finds no FITS image is asked once more with a larger SIZE (see
+        :func:`.csc.siap.retry_size`), and ``what`` says so; images over ``images.max_bytes``
+        (decompressed) are skipped, each with a sentence in ``skipped``.
+        """
         dest_dir = ensure_private_dir(dest_dir) if dest_dir else self.results_dir
         if prefix is None:
             prefix = "" if dest_dir != self.results_dir else f"img_{uuid.uuid4().hex[:6]}_"
@@ -280,8 +285,12 @@ class Engine:
             count=self.cfg["images.max_count"] if count is None else count,
             prefer_band=self.cfg["images.prefer_band"], prefix=prefix, reuse=reuse, keep=keep)
         reused = sum(i.reused for i in res.downloaded)
-        what = f"images {req.ra:.5f} {req.dec:+.5f} size={req.size:g}" + \
-            (f" ({reused} from the cache)" if reused else "")
+        what = f"images {req.ra:.5f} {req.dec:+.5f} size={res.size:g}"
+        if res.retried_from is not None:
+            what += (f" (size={res.retried_from:g} found no FITS image: asked once more "
+                     f"with size={res.size:g})")
+        if reused:
+            what += f" ({reused} from the cache)"
         return ImageResult(res.downloaded, len(res.found), res.seconds, what, res.skipped)
 
     def run_tap(self, req: TapRequest, dest: Path | None = None, *,

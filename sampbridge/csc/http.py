@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,11 @@ from .errors import (
     ServiceUnreachable,
 )
 
-__all__ = ["USER_AGENT", "TimeoutSession", "make_session", "download", "raise_for_http"]
+__all__ = ["USER_AGENT", "Gunzip", "TimeoutSession", "make_session", "download", "raise_for_http"]
 
 USER_AGENT = f"sampbridge/{__version__} (pyvo/{pyvo.__version__} astropy/{astropy.__version__})"
 _CHUNK = 1 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
 _LOOPBACK = ("localhost", "::1")
 _RETRY_STATUS = {429, 502, 503, 504}
 
@@ -188,13 +190,21 @@ def download(session: requests.Session, url: str, dest: Path, *, what: str,
              max_bytes: int, method: str = "GET", params: Mapping[str, Any] | None = None,
              data: Any = None, retries: int = 0,
              on_chunk: Callable[[bytes], None] | None = None,
-             deadline: float | None = None) -> int:
+             deadline: float | None = None, gunzip: bool = False,
+             chunk_size: int = _CHUNK, counts: dict[str, int] | None = None) -> int:
     """Stream a response body to ``dest`` atomically; return the number of bytes written.
 
     The body goes to ``dest`` + ``.part`` and is renamed into place only when complete, so a
     reader never sees half a file.  A body over ``max_bytes`` is abandoned and removed.
     ``on_chunk``, if given, sees every chunk as it is written (to check the body in the same
-    pass, see :class:`.votable.StreamScan`).
+    pass, see :class:`.votable.StreamScan`); it may raise to abandon the download.
+
+    With ``gunzip``, a body that starts with the gzip magic bytes (``1f 8b``) is decompressed
+    while it streams, whatever its Content-Type or URL say, and the decompressed bytes are
+    written; ``max_bytes`` then caps both the bytes received and the bytes written, so a
+    small body that inflates past the cap (a "gzip bomb") is abandoned as soon as it does.
+    ``chunk_size`` is the most bytes read from the network at a time.  ``counts``, if given,
+    receives ``received`` (body bytes read) and ``written``.
 
     ``deadline``, if given, is the most seconds the whole download may take, retries and body
     included, however steadily a slow server trickles its bytes.  It is checked between
@@ -221,16 +231,30 @@ def download(session: requests.Session, url: str, dest: Path, *, what: str,
         if length and length.isdigit() and int(length) > max_bytes:
             raise ResultTooLarge(f"{what}: the result is {int(length):,} bytes, over the cap "
                                  f"of {max_bytes:,} bytes", url=resp.url, status=resp.status_code)
-        total = 0
+        counts = {} if counts is None else counts
+        counts.update(received=0, written=0)
+
+        def over(where: str) -> ResultTooLarge:
+            return ResultTooLarge(f"{what}: the result is over the cap of {max_bytes:,} bytes"
+                                  f"{where}", url=resp.url, status=resp.status_code)
+
+        def received() -> Iterator[bytes]:
+            for chunk in _chunks(resp, what, give_up_at, deadline, chunk_size):
+                counts["received"] += len(chunk)
+                if counts["received"] > max_bytes:
+                    raise over("")
+                yield chunk
+
         try:
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as fh:
-                for chunk in _chunks(resp, what, give_up_at, deadline):
-                    total += len(chunk)
-                    if total > max_bytes:
-                        raise ResultTooLarge(f"{what}: the result is over the cap of "
-                                             f"{max_bytes:,} bytes", url=resp.url,
-                                             status=resp.status_code)
+                body: Iterable[bytes] = received()
+                if gunzip:
+                    body = _maybe_gunzip(body)
+                for chunk in body:
+                    counts["written"] += len(chunk)
+                    if counts["written"] > max_bytes:
+                        raise over(" once decompressed")
                     fh.write(chunk)
                     if on_chunk is not None:
                         on_chunk(chunk)
@@ -239,10 +263,82 @@ def download(session: requests.Session, url: str, dest: Path, *, what: str,
             part.unlink(missing_ok=True)
             raise ServiceError(f"{what}: the response was cut off", url=resp.url,
                                status=resp.status_code, service_message=_short(exc)) from None
+        except (zlib.error, EOFError) as exc:
+            part.unlink(missing_ok=True)
+            cut = "cut off" if isinstance(exc, EOFError) else "damaged"
+            raise ServiceError(f"{what}: the gzip-compressed body is {cut}", url=resp.url,
+                               status=resp.status_code) from None
         except BaseException:
             part.unlink(missing_ok=True)
             raise
-    return total
+    return counts["written"]
+
+
+def _maybe_gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Return the body, decompressed if its first bytes are the gzip magic."""
+    it = iter(chunks)
+    head = b""
+    for chunk in it:
+        head += chunk
+        if len(head) >= len(_GZIP_MAGIC):
+            break
+    if not head.startswith(_GZIP_MAGIC):
+        return _chain(head, it)
+    return Gunzip().inflate(_chain(head, it))
+
+
+def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if first:
+        yield first
+    yield from rest
+
+
+class Gunzip:
+    """Decompresses a gzip stream (one member or several) in pieces of bounded size.
+
+    Each call of ``zlib``'s ``decompress`` is limited to :data:`_CHUNK` bytes of output, so a
+    small input that inflates enormously never sits in memory whole: the caller sees it
+    piece by piece and can stop.  Zero bytes after the last member (padding) are ignored;
+    any other stray bytes raise :class:`zlib.error`, and a stream cut short raises
+    :class:`EOFError`.
+    """
+
+    def __init__(self) -> None:
+        self._d: Any = None          # the current member's decompressor; None between members
+        self._pending = b""          # bytes between members, not yet known to start one
+
+    def inflate(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """Yield the decompressed bytes of ``chunks``; raise if the stream ends early."""
+        for chunk in chunks:
+            yield from self._feed(chunk)
+        if self._d is not None or self._pending:
+            raise EOFError("the compressed stream ends before its last member does")
+
+    def _feed(self, data: bytes) -> Iterator[bytes]:
+        buf = data
+        while True:
+            if self._d is None:
+                buf, self._pending = self._pending + buf, b""
+                if not buf.strip(b"\0"):
+                    return
+                if len(buf) < len(_GZIP_MAGIC) and _GZIP_MAGIC.startswith(buf):
+                    self._pending = buf
+                    return
+                if not buf.startswith(_GZIP_MAGIC):
+                    raise zlib.error("stray bytes after the end of the compressed data")
+                self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out = self._d.decompress(buf, _CHUNK)
+            buf = self._d.unconsumed_tail
+            if out:
+                yield out
+            if self._d.eof:
+                # at the end of a member, the input after it is in unused_data (CPython may
+                # leave a copy of it in unconsumed_tail too: that copy is not used)
+                buf, self._d = self._d.unused_data, None
+                if not buf:
+                    return
+            elif not buf and len(out) < _CHUNK:
+                return
 
 
 def _capped_timeout(session: requests.Session, deadline: float) -> tuple[float, float]:
@@ -252,20 +348,20 @@ def _capped_timeout(session: requests.Session, deadline: float) -> tuple[float, 
 
 
 def _chunks(resp: requests.Response, what: str, give_up_at: float | None,
-            deadline: float | None) -> Iterator[bytes]:
+            deadline: float | None, size: int = _CHUNK) -> Iterator[bytes]:
     """Yield the body in chunks; with a deadline, each as it arrives, until the deadline.
 
     ``iter_content`` fills a whole chunk before it returns one, so a body trickled a byte a
     second never yields; ``read1`` returns what one read brought.
     """
     if give_up_at is None:
-        yield from resp.iter_content(_CHUNK)
+        yield from resp.iter_content(size)
         return
     while True:
         if time.monotonic() >= give_up_at:
             raise ServiceTimeout(f"{what}: the download did not finish within {deadline:g} s",
                                  url=resp.url, status=resp.status_code)
-        chunk = resp.raw.read1(_CHUNK, decode_content=True)
+        chunk = resp.raw.read1(size, decode_content=True)
         if not chunk:
             return
         yield chunk

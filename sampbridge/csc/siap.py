@@ -1,10 +1,22 @@
-"""SIAP v1 image queries, with the chosen FITS images downloaded by streaming under a size cap."""
+"""SIAP v1 image queries, with the chosen FITS images downloaded by streaming under a size cap.
+
+What the CXC service does differently from a standard one, and how it is met here:
+
+- its rows are FITS **and JPEG** images: only FITS rows are ever chosen (:func:`is_fits`);
+- its FITS files are gzipped (``.fits.gz`` bodies, no Content-Encoding): they are decompressed
+  while they stream, and the size cap holds for the decompressed bytes too;
+- its ``band`` reads ``CXO_b``, ``CXO_h``, ...: bands are compared without the ``CXO_``
+  prefix (:func:`normal_band`);
+- a small SIZE often finds nothing: a query that finds no FITS image is asked once more with
+  :func:`retry_size` (``min(max(4 x SIZE, 0.1), 1)`` degrees).
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,15 +30,46 @@ from . import http
 from .errors import CSCError, ResultTooLarge, ServiceError
 from .pyvo_errors import translated
 
-__all__ = ["ImageInfo", "SiapResult", "SiapService", "safe_name"]
+__all__ = ["ImageInfo", "SiapResult", "SiapService", "is_fits", "normal_band", "retry_size",
+           "safe_name"]
 
 log = logging.getLogger(__name__)
+
+#: the retry after an empty answer asks at least this SIZE (deg) ...
+RETRY_MIN_SIZE = 0.1
+#: ... 4 times the first SIZE, and at most this much
+RETRY_MAX_SIZE = 1.0
+#: downloads a query may start beyond ``count``, to replace images refused for their size
+SPARE_TRIES = 2
+#: bytes read from the network at a time: an image refused by its FITS header costs this much
+IMAGE_CHUNK = 1 << 16
+#: the header of the first HDU is looked for in this many bytes at most
+_HEADER_SCAN = 2880 * 36
+#: how many image URLs refused for their size are remembered
+_REFUSED_KEPT = 256
 
 
 def safe_name(text: str, limit: int = 80) -> str:
     """Return ``text`` as a file-name part that cannot leave its folder."""
     name = re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("._")
     return (name or "result")[:limit]
+
+
+def normal_band(text: object) -> str:
+    """Return a band name without CXC's ``CXO_`` prefix, in lower case (``CXO_b`` -> ``b``)."""
+    band = str(text or "").strip()
+    if band[:4].lower() == "cxo_":
+        band = band[4:]
+    return band.strip().lower()
+
+
+def retry_size(size: float) -> float:
+    """Return the SIZE of the one retry after an empty answer: ``min(max(4 size, 0.1), 1)``.
+
+    CXC's service is reported to find nothing at a small SIZE; 0.1 degree is about the half
+    width of an ACIS field, and 1 degree the largest retry, so it stays one cheap query.
+    """
+    return min(max(4.0 * size, RETRY_MIN_SIZE), RETRY_MAX_SIZE)
 
 
 @dataclass
@@ -38,12 +81,31 @@ class ImageInfo:
     format: str
     ra: float | None
     dec: float | None
+    #: the band, without CXC's ``CXO_`` prefix (see :func:`normal_band`)
     band: str
+    #: the size the service gives (CXC: of the gzipped file)
     size: int | None
     path: Path | None = None
     centre: tuple[float, float] | None = None
     #: True when the file came from a cache, not a download
     reused: bool = False
+    #: pixels along each axis, as the service gives them (VOX:Image_Naxis), or ()
+    naxis: tuple[int, ...] = ()
+    #: bytes received from the network, and bytes written (decompressed), by the download
+    received: int = 0
+    nbytes: int = 0
+
+
+def is_fits(img: ImageInfo) -> bool:
+    """Return True if a row is a FITS image (never a JPEG or other graphic: DS9 wants FITS).
+
+    The row's format decides; a row without one is FITS unless its URL or title names a
+    graphic format.
+    """
+    fmt = img.format.lower()
+    if fmt:
+        return "fits" in fmt
+    return not re.search(r"jpe?g|png|gif|graphic", f"{img.url} {img.title}", re.IGNORECASE)
 
 
 @dataclass
@@ -55,6 +117,10 @@ class SiapResult:
     downloaded: list[ImageInfo] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: the SIZE of the query that found ``found``
+    size: float = 0.0
+    #: the SIZE first asked, when that query found no FITS image and was retried
+    retried_from: float | None = None
 
 
 def _sep(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
@@ -70,24 +136,119 @@ def _band(rec: object, title: str) -> str:
         except (KeyError, IndexError, TypeError):
             continue
         if value is not None and str(value).strip():
-            return str(value).strip()
+            return normal_band(value)
     m = re.search(r"\b([bhmsuw])[ _-]band\b", title) or re.search(r"_([bhmsuw])\.fits", title)
     return m.group(1) if m else ""
 
 
-class SiapService:
-    """A SIAP v1 service (``POS``, ``SIZE``, ``FORMAT``) built on :class:`pyvo.dal.SIAService`."""
+def _naxis(rec: object) -> tuple[int, ...]:
+    try:
+        values = [int(v) for v in rec.naxis.value]  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a row without usable axis lengths is still an image
+        return ()
+    return tuple(values) if values and all(v > 0 for v in values) else ()
 
-    def __init__(self, url: str, session: requests.Session, max_bytes: int = 100_000_000,
-                 retries: int = 2) -> None:
+
+def _file_name(img: ImageInfo) -> str:
+    """Return a file name for an image: its title, else its URL's ``filename``, else the URL."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(img.url)
+    given = (parse_qs(parts.query).get("filename") or [""])[0]
+    base = img.title or given.removesuffix(".gz") or parts.path.rsplit("/", 1)[-1]
+    base = safe_name(base)
+    return base if base.endswith(".fits") else base + ".fits"
+
+
+class _TooLarge(ResultTooLarge):
+    """An image refused for its size before or while it downloads; ``why`` says how large."""
+
+    def __init__(self, why: str, needed: int | None = None, url: str | None = None) -> None:
+        super().__init__(f"image download: {why}", url=url)
+        self.why = why
+        self.needed = needed
+
+
+class _FitsHead:
+    """Reads the first HDU's header as the decompressed bytes stream to disk.
+
+    Refuses at once a body that is not FITS, and an image whose header declares more bytes
+    than the cap, so that a refused image costs one network read (:data:`IMAGE_CHUNK`), not
+    its whole size.
+    """
+
+    def __init__(self, max_bytes: int, url: str) -> None:
+        self.max_bytes = max_bytes
+        self.url = url
+        self.buf = b""
+        self.done = False
+
+    def __call__(self, chunk: bytes) -> None:
+        if self.done:
+            return
+        self.buf += chunk[:_HEADER_SCAN - len(self.buf)]
+        if len(self.buf) >= 9 and not self.buf.startswith(b"SIMPLE  ="):
+            raise ServiceError("image download: the service sent something that is not FITS",
+                               url=self.url)
+        cards = [self.buf[i:i + 80].decode("ascii", "replace")
+                 for i in range(0, len(self.buf) - 79, 80)]
+        end = next((k for k, c in enumerate(cards) if c.rstrip() == "END"), None)
+        if end is None:
+            self.done = len(self.buf) >= _HEADER_SCAN
+            return
+        self.done = True
+        self._check(cards[:end], 2880 * math.ceil((end + 1) * 80 / 2880))
+
+    def _check(self, cards: list[str], header_bytes: int) -> None:
+        values = {}
+        for card in cards:
+            if card[8:10] == "= ":
+                values[card[:8].strip()] = card[10:].split("/", 1)[0].strip()
+        try:
+            bitpix = abs(int(values["BITPIX"]))
+            axes = [int(values[f"NAXIS{k}"]) for k in range(1, int(values["NAXIS"]) + 1)]
+        except (KeyError, ValueError):
+            return
+        data = bitpix // 8 * math.prod(axes) if axes else 0
+        total = header_bytes + 2880 * math.ceil(data / 2880)
+        if total > self.max_bytes:
+            shape = " x ".join(str(a) for a in axes)
+            raise _TooLarge(f"{total:,} bytes decompressed (its FITS header: {shape} pixels, "
+                            f"BITPIX {values['BITPIX']})", total, self.url)
+
+
+class SiapService:
+    """A SIAP v1 service (``POS``, ``SIZE``, ``FORMAT``) built on :class:`pyvo.dal.SIAService`.
+
+    Parameters
+    ----------
+    url : str
+        The service's query URL.
+    session : requests.Session
+        The session every request goes through.
+    max_bytes : int
+        The most bytes one image may take, decompressed (and over the network).
+    retries : int
+        Retries of a failed download.
+    cap_name : str
+        The setting that holds ``max_bytes``, named in the sentence of a skipped image.
+    """
+
+    def __init__(self, url: str, session: requests.Session, max_bytes: int = 10_000_000,
+                 retries: int = 2, cap_name: str = "images.max_bytes") -> None:
         self.url = url
         self.session = session
         self.max_bytes = max_bytes
         self.retries = retries
+        self.cap_name = cap_name
+        #: images refused for their size while downloading: URL -> (why, bytes needed), so
+        #: that the next click in the same field skips them without a second probe
+        self._refused: dict[str, tuple[str, int | None]] = {}
+        self._lock = threading.Lock()
 
     def search(self, ra: float, dec: float, size: float,
                fmt: str = "image/fits") -> list[ImageInfo]:
-        """Return the images that cover a position."""
+        """Return the images that cover a position (every row: FITS, JPEG or other)."""
         with translated("image query (SIAP)", self.url), quiet_astropy():
             service = SIAService(self.url, session=self.session)
             results = service.search(pos=(ra, dec), size=size, format=fmt or "ALL")
@@ -105,28 +266,57 @@ class SiapService:
                 fsize = getattr(rec, "filesize", None)
                 images.append(ImageInfo(url=str(url), title=title, format=str(rec.format or ""),
                                         ra=ra_i, dec=dec_i, band=_band(rec, title),
-                                        size=int(fsize) if fsize and fsize > 0 else None))
+                                        size=int(fsize) if fsize and fsize > 0 else None,
+                                        naxis=_naxis(rec)))
         return images
+
+    def rank(self, images: list[ImageInfo], ra: float, dec: float,
+             prefer_band: str = "b") -> list[ImageInfo]:
+        """Return the FITS images, the preferred band first, then the nearest centre first.
+
+        ``prefer_band`` may be spelled ``b`` or ``CXO_b``; JPEG rows are never returned.
+        """
+        band = normal_band(prefer_band)
+
+        def key(i: ImageInfo) -> tuple[int, float]:
+            dist = _sep(ra, dec, i.ra, i.dec) if i.ra is not None and i.dec is not None else 999
+            return (0 if band and i.band == band else 1, dist)
+
+        return sorted((i for i in images if is_fits(i)), key=key)
 
     def choose(self, images: list[ImageInfo], ra: float, dec: float, count: int,
                prefer_band: str = "b") -> list[ImageInfo]:
         """Pick up to ``count`` FITS images: the preferred band first, then the nearest centre."""
-        fits_like = [i for i in images if "fits" in i.format.lower() or not i.format]
+        return self.rank(images, ra, dec, prefer_band)[:count]
 
-        def key(i: ImageInfo) -> tuple[int, float]:
-            dist = _sep(ra, dec, i.ra, i.dec) if i.ra is not None and i.dec is not None else 999
-            return (0 if prefer_band and i.band == prefer_band else 1, dist)
+    def find(self, ra: float, dec: float, size: float,
+             fmt: str = "image/fits") -> tuple[list[ImageInfo], float, float | None]:
+        """Query, and query once more with :func:`retry_size` if no FITS image was found.
 
-        return sorted(fits_like, key=key)[:count]
+        Returns the rows, the SIZE that found them, and the SIZE first asked if it was retried
+        (else None).
+        """
+        found = self.search(ra, dec, size, fmt)
+        bigger = retry_size(size)
+        if any(is_fits(i) for i in found) or bigger <= size:
+            return found, size, None
+        log.info("image query at %.5f %+.5f with SIZE=%g found no FITS image; asking once "
+                 "more with SIZE=%g", ra, dec, size, bigger)
+        return self.search(ra, dec, bigger, fmt), bigger, size
 
     def query_to_dir(self, ra: float, dec: float, size: float, dest_dir: Path, *,
                      fmt: str = "image/fits", count: int = 1, prefer_band: str = "b",
                      prefix: str = "",
                      reuse: Callable[[ImageInfo, Path], bool] | None = None,
                      keep: Callable[[ImageInfo, Path], None] | None = None) -> SiapResult:
-        """Find images at a position and download up to ``count`` of them into ``dest_dir``.
+        """Find images at a position and download up to ``count`` FITS images into ``dest_dir``.
 
-        Images over the size cap are skipped (and named in ``skipped``), not fatal.
+        Only FITS rows are downloaded (:meth:`rank`); a query that finds none is retried once
+        with a larger SIZE (:meth:`find`).  Gzipped files are decompressed as they stream.
+        An image over the cap ``max_bytes`` (by the row's size or axis lengths, by its FITS
+        header, or by the bytes received or decompressed) is skipped with a sentence in
+        ``skipped`` that names the setting lifting the cap, and the next candidate is tried:
+        at most ``count`` + :data:`SPARE_TRIES` downloads start per query.
         ``reuse(image, dest)``, if given, may put a copy of the image at ``dest`` from
         elsewhere (a cache) and return True, instead of a download; ``keep(image, path)`` is
         called after each download.
@@ -137,28 +327,29 @@ class SiapService:
             If the SIAP query itself fails, or if every chosen image failed to download.
         """
         t0 = time.perf_counter()
-        found = self.search(ra, dec, size, fmt)
-        result = SiapResult(self.url, found)
+        found, used, first = self.find(ra, dec, size, fmt)
+        result = SiapResult(self.url, found, size=used, retried_from=first)
         errors: list[CSCError] = []
-        for img in self.choose(found, ra, dec, count, prefer_band):
-            base = safe_name(img.title or img.url.rsplit("/", 1)[-1])
-            if not base.endswith(".fits"):
-                base += ".fits"
-            dest = dest_dir / (prefix + base)
-            if img.size and img.size > self.max_bytes:
-                result.skipped.append(f"{img.title}: {img.size:,} bytes is over the cap")
+        tries = 0
+        for img in self.rank(found, ra, dec, prefer_band):
+            if len(result.downloaded) >= count or tries >= count + SPARE_TRIES:
+                break
+            why = self._too_large_by_row(img)
+            if why is not None:
+                result.skipped.append(self._over_cap(img, *why))
                 continue
+            tries += 1
+            dest = dest_dir / (prefix + _file_name(img))
             try:
-                if reuse is not None and reuse(img, dest):
-                    img.reused = True
-                else:
-                    http.download(self.session, img.url, dest, what="image download",
-                                  max_bytes=self.max_bytes, retries=self.retries)
+                self._fetch(img, dest, reuse)
                 img.centre = _check_fits(dest, img.url)
                 if keep is not None and not img.reused:
                     keep(img, dest)
             except ResultTooLarge as exc:
-                result.skipped.append(f"{img.title}: {exc}")
+                why, needed = (exc.why, exc.needed) if isinstance(exc, _TooLarge) \
+                    else (_cap_words(exc), None)
+                self._remember_refused(img.url, why, needed)
+                result.skipped.append(self._over_cap(img, why, needed))
                 continue
             except CSCError as exc:
                 dest.unlink(missing_ok=True)
@@ -170,6 +361,58 @@ class SiapService:
             raise errors[0]
         result.seconds = time.perf_counter() - t0
         return result
+
+    def _fetch(self, img: ImageInfo, dest: Path,
+               reuse: Callable[[ImageInfo, Path], bool] | None) -> None:
+        """Put the image at ``dest``: from ``reuse``, else by a streamed, gunzipped download."""
+        if reuse is not None and reuse(img, dest):
+            img.reused = True
+            img.nbytes = dest.stat().st_size
+            return
+        counts: dict[str, int] = {}
+        try:
+            img.nbytes = http.download(self.session, img.url, dest, what="image download",
+                                       max_bytes=self.max_bytes, retries=self.retries,
+                                       gunzip=True, chunk_size=IMAGE_CHUNK, counts=counts,
+                                       on_chunk=_FitsHead(self.max_bytes, img.url))
+        finally:
+            img.received = counts.get("received", 0)
+
+    def _remember_refused(self, url: str, why: str, needed: int | None) -> None:
+        with self._lock:
+            if len(self._refused) >= _REFUSED_KEPT:
+                self._refused.pop(next(iter(self._refused)), None)
+            self._refused[url] = (why, needed)
+
+    def _too_large_by_row(self, img: ImageInfo) -> tuple[str, int | None] | None:
+        """Why the row (or an earlier download of it) shows it is over the cap, or None."""
+        with self._lock:
+            known = self._refused.get(img.url)
+        if known is not None:
+            return known
+        if img.size and img.size > self.max_bytes:
+            return f"{img.size:,} bytes to download", img.size
+        pixels = math.prod(img.naxis) if img.naxis else 0
+        if pixels > self.max_bytes:
+            shape = " x ".join(str(n) for n in img.naxis)
+            return f"at least {pixels:,} bytes decompressed ({shape} pixels)", None
+        return None
+
+    def _over_cap(self, img: ImageInfo, why: str, needed: int | None) -> str:
+        """Return the sentence of an image skipped for its size: how large, the cap, the lift."""
+        lift = (f"set {self.cap_name} to {needed} or more to load it" if needed
+                else f"raise {self.cap_name} to load it")
+        return (f"{img.title or img.url}: {why} is over the cap of {self.max_bytes:,} bytes "
+                f"({self.cap_name}); {lift}")
+
+
+def _cap_words(exc: ResultTooLarge) -> str:
+    """How large, in the words of a download abandoned at the cap."""
+    text = exc.message
+    if "once decompressed" in text:
+        return "the decompressed image"
+    m = re.search(r"the result is (\S+) bytes", text)
+    return f"{m.group(1)} bytes to download" if m else "the download"
 
 
 def _check_fits(path: Path, url: str) -> tuple[float, float] | None:
