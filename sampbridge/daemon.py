@@ -31,7 +31,7 @@ from .engine import (
     ensure_private_dir,
     tabledata_copy,
 )
-from .flow import Coalescer, EchoGuard
+from .flow import Coalescer, EchoGuard, separation_deg
 from .folder import FileOutcome, QueryFolder
 from .imagein import ImageError, footprint_cone, read_fits_header
 from .model import ConeRequest, RequestError, SiapRequest, TapRequest, _show, parse_position
@@ -56,6 +56,8 @@ MTYPE_TAP = "x-sampbridge.query.tap"
 MTYPE_MATCH = "x-sampbridge.match.table"
 #: The VERB level whose cone has the error ellipses (``err_ellipse_r1``, ``err_ellipse_ang``).
 OVERLAY_VERB = 3
+#: Arcsec within which a position repeated within pointat.quiet is the same click.
+SAME_POSITION_ARCSEC = 0.1
 _ELLIPSE_COLUMNS = ["name", "ra", "dec", "err_ellipse_r0", "err_ellipse_r1", "err_ellipse_ang"]
 
 
@@ -213,6 +215,8 @@ class Daemon:
         # one overlay at a time, so that an older click's regions never land after a newer's
         self._overlay_lock = threading.Lock()
         self._point_work: list[Future] = []     # image and overlay work of the latest click
+        self._click_lock = threading.Lock()
+        self._last_click: tuple[float, float, float] | None = None    # ra, dec, when
         # image.load.fits is always subscribed, at registration with the rest: DS9 broadcasts
         # a pan's coord.pointAt.sky only while some other client subscribes to it (and DS9
         # reads a client's subscriptions once, about 1 s after it registers)
@@ -311,6 +315,22 @@ class Daemon:
         msg.reply_ok({"accepted": "1"})
 
     def _click(self, msg: Message, ra: float, dec: float) -> None:
+        """Offer a position to the coalescer, unless it repeats the one just offered.
+
+        One click often comes twice: TOPCAT sends coord.pointAt.sky and table.highlight.row
+        for a row, and a viewer may pass on another's position.  A repeat within
+        ``pointat.quiet`` seconds would supersede the first, which already runs at once (the
+        leading edge), and hold the answer back by the quiet spell: it is answered by the
+        first instead.
+        """
+        now = time.monotonic()
+        with self._click_lock:
+            last, self._last_click = self._last_click, (ra, dec, now)
+        if last is not None and now - last[2] <= self.cfg["pointat.quiet"] and \
+                separation_deg(ra, dec, last[0], last[1]) * 3600.0 <= SAME_POSITION_ARCSEC:
+            log.info("%s from %s: the position just received; answered once", msg.mtype,
+                     msg.sender_name)
+            return
         self.coalescer.submit(Click(ra, dec, msg.sender_name, msg.sender_id,
                                     time.perf_counter()))
 

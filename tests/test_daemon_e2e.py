@@ -173,6 +173,36 @@ def test_a_single_click_runs_at_once_without_waiting_the_quiet_spell(no_images, 
     assert "item 1 runs at once (leading edge)" in caplog.text
 
 
+def test_a_row_click_sent_twice_by_topcat_is_answered_once_at_once(no_images, make_daemon,
+                                                                   make_peer, caplog,
+                                                                   vo_server):
+    """TOPCAT sends coord.pointAt.sky and table.highlight.row for one row click: one query,
+    run at once, never superseded by its own twin."""
+    caplog.set_level(logging.INFO, logger="sampbridge")
+    d = make_daemon(no_images.replace(**{"pointat.quiet": 5.0, "pointat.max_wait": 10.0}))
+    topcat = make_peer("topcat", ["table.load.votable"])
+    sid = topcat.find("sampbridge")
+    res = topcat.call(sid, "x-sampbridge.query.cone", RHO)["samp.result"]
+    topcat.wait_for("table.load.votable")
+    row = next(r for r in _rows(path_of(res["url"]))[1:] if r[1] != 246.7925)
+    topcat.notify(sid, "coord.pointAt.sky", {"ra": repr(row[1]), "dec": repr(row[2])})
+    topcat.notify(sid, "table.highlight.row", {"table-id": res["table-id"], "url": res["url"],
+                                               "row": str(row[0])})
+    wait_for(lambda: "the position just received; answered once" in caplog.text, 20,
+             what="the twin message")
+    (_, click) = topcat.wait_for("table.load.votable", 2)
+    assert click["name"].startswith(f"CSC 2.1 cone {row[1]:.5f}")
+    assert (d.coalescer.submitted, d.coalescer.ran, d.coalescer.leading) == (1, 1, 1)
+    assert "superseded" not in caplog.text
+
+
+def _rows(path):  # noqa: ANN001, ANN202
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = parse_single_table(str(path)).to_table()
+    return [(i, float(r["ra"]), float(r["dec"])) for i, r in enumerate(t)]
+
+
 def test_the_table_is_delivered_while_the_image_query_still_runs(cfg, make_daemon, make_peer):
     """The table does not wait for SIAP: the image server still holds the request."""
     from faulty_server import FaultyServer

@@ -780,8 +780,12 @@ def test_topcat_row_highlight_gives_a_cone(stack, bridge, vo_server):
     b.wait_log(rf"table\.highlight\.row from topcat: row {k - 1} of "
                rf"'{re.escape(resp['name'])}' at {ra:.5f} {dec:+.5f}")
     stats = b.stop()
-    # one query for the custom cone, one for the click (pointAt + highlight coalesced)
+    # one query for the custom cone, one for the click: its pointAt runs at once, and the
+    # highlight of the same row is the same click, answered once (not a second run that
+    # would supersede the first)
     assert stats["queries"] == 2 and stats["errors"] == 0, stats
+    assert stats["leading"] == 1 and stats["coalesced_runs"] == 1, stats
+    assert "superseded" not in b.log()
     assert tables.count() == tables.before + 1
 
 
