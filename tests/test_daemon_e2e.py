@@ -213,8 +213,10 @@ def test_the_table_is_delivered_while_the_image_query_still_runs(cfg, make_daemo
         ds9 = make_peer("SAOImageDS9", ["image.load.fits"])
         topcat.notify(topcat.find("sampbridge"), "coord.pointAt.sky", RHO)
         topcat.wait_for("table.load.votable")
+        wait_for(lambda: d.points_done == 1, 10, what="the click's table delivered")
+        # ... while the image server still holds the image query
         assert srv.hits.get("/slow") == 1 and not srv.release.is_set()
-        assert d.points_done == 1 and ds9.of("image.load.fits") == []
+        assert ds9.of("image.load.fits") == []
         srv.release.set()                      # the image query ends (it found no image)
         wait_for(lambda: all(f.done() for f in d._point_work), 20, what="the image query")
     assert len(topcat.of("table.load.votable")) == 1
