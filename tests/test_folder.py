@@ -19,6 +19,7 @@ from sampbridge.engine import Engine
 from sampbridge.folder import QueryFolder
 
 from conftest import GUIDE_DIR, local_config, wait_for
+from helpers import SHAPES, shape
 
 pytestmark = pytest.mark.server
 
@@ -323,3 +324,55 @@ def test_exception_in_a_handler_does_not_kill_the_watcher(folder, qdir, monkeypa
     lines = wait_answered(qdir, 2)
     assert " OK after.yaml" in lines[1]
     assert folder._observer.is_alive()
+
+
+def _table_names(path: Path, col: str = "name") -> list[str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = Table.read(path, format="votable")
+    return sorted(str(v) for v in t[col])
+
+
+def test_the_folder_answers_alike_on_every_shape(vo_server, tmp_path):
+    """The same query files (a guide query, a cone by SCS, a cone by TAP, images and a table
+    match) on the CXC, pessimistic CXC and standard shapes, with no setting changed by hand:
+    every file lands in done/ and the answers agree."""
+    got: dict[str, dict[str, object]] = {}
+    for name in SHAPES:
+        sh = shape(vo_server, name)
+        qdir = tmp_path / name / "queries"
+        engine = Engine(local_config(vo_server, tmp_path / name / "results",
+                                     **sh.settings(), **{"cache.enabled": False}))
+        f = QueryFolder(qdir, engine, None, settle=0.2, workers=2, scan_interval=0.5)
+        f.start()
+        try:
+            (qdir / "guide1.adql").write_text((GUIDE_DIR / "1_master_sources.adql").read_text())
+            (qdir / "cone.yaml").write_text("cone: {ra: 0.02, dec: 1.5, radius: 0.05}\n")
+            (qdir / "tapcone.yaml").write_text(
+                "tap: {adql: \"SELECT name FROM csc21.master_source WHERE ra BETWEEN 246.78 "
+                "AND 246.80 AND dec BETWEEN -24.33 AND -24.31\"}\n")
+            (qdir / "img.yaml").write_text("siap: {ra: 246.7925, dec: -24.32027}\n")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sources_table().write(qdir / "pos.vot", format="votable")
+            lines = wait_answered(qdir, 5)
+            assert all(" OK " in ln for ln in lines), (name, lines)
+            done = qdir / "done"
+            got[name] = {
+                "guide": _table_names(done / "guide1.vot"),
+                "cone": _table_names(done / "cone.vot"),
+                "tapcone": _table_names(done / "tapcone.vot"),
+                "images": len(list(done.glob("img-*.fits"))),
+                "match": _table_names(done / "pos.match.vot", "name_csc"),
+            }
+            for img in done.glob("img-*.fits"):
+                assert img.read_bytes()[:9] == b"SIMPLE  ="    # gzip inflated on the CXC shapes
+        finally:
+            f.stop()
+            engine.close()
+    ref = got["standard"]
+    assert len(ref["guide"]) == 1000 and ref["cone"] and ref["tapcone"] and ref["match"]
+    for name in ("cxc", "pessimistic"):
+        for key in ("guide", "cone", "tapcone", "match"):
+            assert got[name][key] == ref[key], (name, key)
+        assert got[name]["images"] >= 1
