@@ -30,7 +30,7 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.hits[path] = self.server.hits.get(path, 0) + 1
             n = self.server.hits[path]
-        good = (RECORDED / "scs_v2.xml").read_bytes()
+        good = (RECORDED / "cxc" / "scs_v2.xml").read_bytes()
         if path == "/ok":
             self._send(200, good)
         elif path == "/slow":

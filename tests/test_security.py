@@ -140,7 +140,7 @@ def test_adql_is_built_only_from_numbers_and_identifiers():
 
 def test_a_users_adql_goes_through_unchanged(tmp_path):
     seen: list[dict] = []
-    body = (DATA / "recorded" / "scs_v2.xml").read_bytes()
+    body = (DATA / "recorded" / "standard" / "scs_v2.xml").read_bytes()
 
     class H(BaseHTTPRequestHandler):
         def log_message(self, *a):  # noqa: ANN002

@@ -13,21 +13,27 @@ REC = DATA / "recorded"
 
 
 @pytest.mark.parametrize("name, rows, ncols", [
-    ("scs_v1.xml", 109, 4), ("scs_v2.xml", 109, 24), ("scs_v3.xml", 109, 80),
-    ("siap.xml", 6, 27)])
-def test_binary_votables_are_counted(name, rows, ncols):
+    ("cxc/scs_v1.xml", 109, 3), ("cxc/scs_v2.xml", 109, 24), ("cxc/scs_v3.xml", 109, 79),
+    ("cxc/siap.xml", 12, 27),
+    ("standard/scs_v1.xml", 109, 4), ("standard/scs_v2.xml", 109, 24),
+    ("standard/scs_v3.xml", 109, 80), ("standard/siap.xml", 6, 27)])
+def test_recorded_votables_are_counted(name, rows, ncols):
+    """Both shapes: the CXC front's 1.2 TABLEDATA and DaCHS's 1.4 BINARY (README.md here)."""
     s = summarize(REC / name)
     assert (s.status, s.rows, len(s.columns)) == ("OK", rows, ncols)
 
 
-def test_overflow_after_the_table_is_seen():
-    s = summarize(REC / "tap_overflow.xml")
+@pytest.mark.parametrize("shape", ["cxc", "standard"])
+def test_overflow_after_the_table_is_seen(shape):
+    s = summarize(REC / shape / "tap_overflow.xml")
     assert s.overflow and s.rows == 3
 
 
 @pytest.mark.parametrize("name, words", [
-    ("scs_error.xml", "Required parameter 'SR' missing"),
-    ("tap_error.xml", "column 'nope' could not be located"),
+    ("cxc/scs_error.xml", "missing required parameter(s) SR"),
+    ("standard/scs_error.xml", "Required parameter 'SR' missing"),
+    ("cxc/tap_error.xml", "column 'nope' could not be located"),
+    ("standard/tap_error.xml", "column 'nope' could not be located"),
 ])
 def test_service_errors_carry_the_service_message(name, words):
     with pytest.raises(QueryError) as ei:
@@ -40,7 +46,7 @@ def test_service_errors_carry_the_service_message(name, words):
 @pytest.mark.parametrize("body, words", [
     (b"<html><body>Service down</body></html>", "not a VOTable"),
     (b"", "empty body"),
-    ((REC / "scs_v2.xml").read_bytes()[:5000], "not a complete VOTable"),
+    ((REC / "cxc" / "scs_v2.xml").read_bytes()[:5000], "not a complete VOTable"),
     (b"SIMPLE  = T", "not a complete VOTable"),
 ])
 def test_bodies_that_are_not_votables(tmp_path, body, words):
@@ -199,7 +205,7 @@ def test_error_text_reads_the_services_words():
            b'<INFO name="QUERY_STATUS" value="ERROR">Query failed: dbo.cone_distance(ra, dec) '
            b"&lt;= r is\n   wrong</INFO></RESOURCE></VOTABLE>")
     assert error_text(cxc) == "Query failed: dbo.cone_distance(ra, dec) <= r is wrong"
-    assert error_text((REC / "tap_error.xml").read_bytes()) == (
+    assert error_text((REC / "standard" / "tap_error.xml").read_bytes()) == (
         "Field query: No such field known: column 'nope' could not be located in table metadata")
     assert error_text(b'<VOTABLE><INFO name="ERROR" value="bad &amp; worse"/></VOTABLE>') == \
         "bad & worse"
@@ -213,7 +219,7 @@ def test_error_text_reads_the_services_words():
 def test_overflowed():
     from sampbridge.csc.votable import overflowed
 
-    assert overflowed((REC / "tap_overflow.xml").read_bytes())
+    assert overflowed((REC / "cxc" / "tap_overflow.xml").read_bytes())
     assert not overflowed(_v12())
 
 
