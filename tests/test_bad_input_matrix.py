@@ -76,7 +76,8 @@ MATRIX: list[tuple[str, object, str]] = [
     ("file", ("tag.yaml", "cone: {ra: !custom 1, dec: 2}\n"), "YAML tags such as !custom"),
     ("file", ("obj.yaml", "cone: !!python/object:os.system {}\n"), "YAML tags"),
     ("file", ("cplx.yaml", "? [a, b]\n: 1\n"), "line 1, column"),
-    ("file", ("out.yaml", "match: {table: ../outside.csv}\n"), "only files inside the query folder"),
+    ("file", ("out.yaml", "match: {table: ../outside.csv}\n"),
+     "only files inside the query folder"),
     ("file", ("latin.adql", "SELECT name FROM csc21.master_source WHERE name = '\xe9'\n"
               .encode("latin-1")), "not UTF-8 text"),
     ("link", ("shadow.csv", "{tmp}/outside.csv"), "is a symbolic link"),
