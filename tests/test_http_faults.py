@@ -35,6 +35,29 @@ def test_unreachable_service(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_refused_connection_is_one_sentence_without_a_library_repr(tmp_path):
+    with pytest.raises(ServiceUnreachable) as ei:
+        cone(wait_port_closed_url(), retries=0).query_to_file(1, 2, 0.1, tmp_path / "r.vot")
+    text = str(ei.value)
+    assert text.endswith(": the connection was refused (is the service running?)"), text
+    assert "HTTPConnectionPool" not in text and "Max retries" not in text and "<" not in text
+
+
+def test_a_name_that_does_not_resolve_says_so(tmp_path, monkeypatch):
+    """Offline: the resolver fails (stood in for in this process, no DNS query leaves it)."""
+    import socket
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(ServiceUnreachable) as ei:
+        cone("https://cda.cfa.harvard.edu/csc21scs/coneSearch", retries=0).query_to_file(
+            1, 2, 0.1, tmp_path / "r.vot")
+    assert str(ei.value) == ("cone search: cannot reach the service at cda.cfa.harvard.edu: "
+                             "the name does not resolve (offline?)"), str(ei.value)
+
+
 def test_read_timeout(server, tmp_path):
     t0 = time.monotonic()
     with pytest.raises(ServiceTimeout, match="did not answer within the read timeout"):

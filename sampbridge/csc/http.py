@@ -159,8 +159,8 @@ def request(session: requests.Session, method: str, url: str, what: str, *,
             last = ServiceTimeout(f"{what}: the service did not answer within the read timeout",
                                   url=url)
         except requests.exceptions.ConnectionError as exc:
-            last = ServiceUnreachable(f"{what}: cannot reach the service at {_host(url)}",
-                                      url=url, service_message=_short(exc))
+            last = ServiceUnreachable(f"{what}: cannot reach the service at {_host(url)}: "
+                                      f"{unreachable_reason(exc)}", url=url)
         except requests.exceptions.RequestException as exc:
             raise ServiceError(f"{what}: the request failed", url=url,
                                service_message=_short(exc)) from None
@@ -174,6 +174,42 @@ def request(session: requests.Session, method: str, url: str, what: str, *,
             time.sleep(_retry_after(resp, attempt))
     assert last is not None
     raise last
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """Say in a few words why a connection failed, from the chain of ``exc`` (no library repr).
+
+    ``HTTPSConnectionPool(host=..., port=443): Max retries exceeded ... NameResolutionError``
+    becomes "the name does not resolve (offline?)".
+    """
+    import socket
+    import ssl
+
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo and len(seen) < 12:
+        e = todo.pop()
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo += [getattr(e, "reason", None), e.__cause__, e.__context__,
+                 *(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))]
+    names = " ".join(type(e).__name__ for e in seen) + " " + " ".join(str(e) for e in seen)
+    if any(isinstance(e, socket.gaierror) for e in seen) or "NameResolutionError" in names \
+            or "Name or service not known" in names or "nodename nor servname" in names:
+        return "the name does not resolve (offline?)"
+    if any(isinstance(e, ConnectionRefusedError) for e in seen) or "Connection refused" in names:
+        return "the connection was refused (is the service running?)"
+    if any(isinstance(e, ssl.SSLError) for e in seen) or "SSLError" in names:
+        bad = next((e for e in seen if isinstance(e, ssl.SSLError)), None)
+        why = getattr(bad, "reason", None) or "certificate or protocol problem"
+        return f"the TLS handshake failed ({why})"
+    if "Network is unreachable" in names or "No route to host" in names:
+        return "the network is unreachable (offline?)"
+    if "RemoteDisconnected" in names or "Connection reset" in names \
+            or "Connection aborted" in names:
+        return "the service closed the connection"
+    return "the connection failed"
 
 
 def _host(url: str) -> str:

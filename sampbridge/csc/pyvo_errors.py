@@ -42,8 +42,13 @@ def translated(what: str, url: str) -> Iterator[None]:
         if isinstance(cause, requests.exceptions.Timeout):
             raise ServiceTimeout(f"{what}: the service did not answer in time", url=url) from None
         if isinstance(cause, requests.exceptions.ConnectionError):
-            raise ServiceUnreachable(f"{what}: cannot reach the service", url=url,
-                                     service_message=_clean(cause)) from None
+            from urllib.parse import urlsplit
+
+            from .http import unreachable_reason
+
+            host = urlsplit(url).netloc or url
+            raise ServiceUnreachable(f"{what}: cannot reach the service at {host}: "
+                                     f"{unreachable_reason(cause)}", url=url) from None
         stated = _stated(cause)
         if stated is not None:
             code = cause.response.status_code        # type: ignore[union-attr]
