@@ -419,9 +419,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{path or '(defaults)'}: OK ({len(cfg.values)} settings)")
             return 0
         return _query(args)
-    except (ConfigError, RequestError, CSCError) as exc:
+    except ConfigError as exc:
+        for problem in exc.problems:        # check-config lists every error of the file
+            print(f"sampbridge: error: {problem}", file=sys.stderr)
+        return 2
+    except (RequestError, CSCError) as exc:
         print(f"sampbridge: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, (ConfigError, RequestError)) else 1
+        return 2 if isinstance(exc, RequestError) else 1
     except KeyboardInterrupt:
         print("sampbridge: stopped", file=sys.stderr)
         return 130

@@ -29,6 +29,19 @@ class ConfigError(ValueError):
             where = f"{path}:{line}: " if line else f"{path}: "
         keypart = f"{_clip(key)}: " if key else ""
         super().__init__(f"{where}{keypart}{message}")
+        #: every problem found in the file (this one first); ``check-config`` lists them all
+        self.problems: list[ConfigError] = [self]
+
+    @classmethod
+    def of(cls, problems: list[ConfigError]) -> ConfigError:
+        """One error that carries every problem of a file, shown one per line."""
+        first = problems[0]
+        if len(problems) == 1:
+            return first
+        err = cls(first.reason, first.path, first.line, first.key)
+        err.problems = list(problems)
+        err.args = ("\n".join(str(e) for e in problems),)
+        return err
 
 
 def _clip(text: str, limit: int = 60) -> str:
@@ -472,33 +485,40 @@ def _construct(node: yaml.Node) -> Any:
     return yaml.safe_load(yaml.serialize(node))
 
 
-def _flatten(node: yaml.Node, path: str, prefix: str = "") -> dict[str, tuple[Any, int]]:
+def _flatten(node: yaml.Node, path: str, problems: list[ConfigError], prefix: str = ""
+             ) -> dict[str, tuple[Any, int]]:
+    """Return ``{dotted key: (value, line)}``; every problem found is added to ``problems``."""
     out: dict[str, tuple[Any, int]] = {}
     seen: set[str] = set()
     if not isinstance(node, yaml.MappingNode):
-        raise ConfigError("the file must hold a mapping of keys to values", path,
-                          node.start_mark.line + 1)
+        problems.append(ConfigError("the file must hold a mapping of keys to values", path,
+                                    node.start_mark.line + 1))
+        return out
     for knode, vnode in node.value:
         line = knode.start_mark.line + 1
         key = prefix + str(knode.value)
         if key in seen:
-            raise ConfigError("key given twice", path, line, key)
+            problems.append(ConfigError("key given twice", path, line, key))
+            continue
         seen.add(key)
         if not prefix and key in _SECTIONS and key not in _BY_KEY:
             if isinstance(vnode, yaml.ScalarNode) and vnode.tag.endswith(":null"):
                 continue
             if not isinstance(vnode, yaml.MappingNode):
-                raise ConfigError("must be a mapping of settings", path, line, key)
-            out.update(_flatten(vnode, path, key + "."))
+                problems.append(ConfigError("must be a mapping of settings", path, line, key))
+                continue
+            out.update(_flatten(vnode, path, problems, key + "."))
             continue
         if key not in _BY_KEY:
             known = sorted(k for k in _BY_KEY if k.startswith(prefix)) if prefix else []
             hint = f" (known here: {', '.join(known)})" if known else ""
-            raise ConfigError(f"unknown key{hint}", path, line, key)
+            problems.append(ConfigError(f"unknown key{hint}", path, line, key))
+            continue
         try:
             value = plain_value(vnode)
         except YAMLRefused as exc:
-            raise ConfigError(exc.problem, path, exc.line, key) from None
+            problems.append(ConfigError(exc.problem, path, exc.line, key))
+            continue
         out[key] = (value, line)
     return out
 
@@ -517,11 +537,16 @@ def parse_config_text(text: str, path: str = "<string>") -> Config:
     if root is None:
         cfg.path = path
         return cfg
-    for key, (value, line) in _flatten(root, path).items():
+    problems: list[ConfigError] = []
+    for key, (value, line) in _flatten(root, path, problems).items():
         try:
             cfg.values[key] = check_value(key, value)
         except ConfigError as exc:
-            raise ConfigError(exc.reason, path, line, key) from None
+            problems.append(ConfigError(exc.reason, path, line, key))
+    if problems:
+        # every problem of the file at once, in file order: one run shows them all
+        problems.sort(key=lambda e: e.line or 0)
+        raise ConfigError.of(problems)
     cfg.path = path
     return cfg
 

@@ -84,3 +84,23 @@ def test_check_config_command(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.match(rf"sampbridge: error: {re.escape(str(bad))}:2: cone.verbb: "
                                       "unknown key", err[0])
+
+
+def test_check_config_lists_every_error_of_the_file(tmp_path):
+    """Three mistakes take one run: each on its own line, file:line: key: what, exit 2."""
+    import subprocess
+    import sys
+
+    c = tmp_path / "c.yaml"
+    c.write_text("cone:\n  radius: -1\n  verb: 7\nhub:\n  mode: sometimes\ntypo: 1\n")
+    r = subprocess.run([sys.executable, "-m", "sampbridge", "check-config", str(c)],
+                       capture_output=True, text=True, timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert lines == [
+        f"sampbridge: error: {c}:2: cone.radius: must be between 1e-06 and 10.0 (got -1.0)",
+        f"sampbridge: error: {c}:3: cone.verb: must be one of 1, 2, 3 (got 7)",
+        f"sampbridge: error: {c}:5: hub.mode: must be one of auto, connect, start "
+        "(got 'sometimes')",
+        f"sampbridge: error: {c}:6: typo: unknown key",
+    ], lines
