@@ -74,9 +74,9 @@ def _click(cfg, repeat: int) -> dict:
             "images": [(i.title, i.nbytes) for i in res.images], "skipped": res.skipped}
 
 
-def _recording(query, seen: list):  # noqa: ANN001, ANN202
+def _recording(query, seen: list):
     """``query``, keeping each result it returns in ``seen``."""
-    def run(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def run(*args, **kwargs):
         seen.append(query(*args, **kwargs))
         return seen[-1]
     return run

@@ -55,7 +55,7 @@ class Recorder:
             self.c.bind_receive_call(mt, self._call, declare=False)
         self.c.declare_subscriptions()
 
-    def _call(self, pk, sender, msg_id, mtype, params, extra):  # noqa: ANN001
+    def _call(self, pk, sender, msg_id, mtype, params, extra):
         with self.cond:
             self.got.append((time.perf_counter(), dict(params)))
             self.cond.notify_all()
@@ -106,12 +106,12 @@ def wait(pred: Callable[[], object], timeout: float = 30.0, what: str = "") -> N
         time.sleep(0.002)
 
 
-def counting_cones(d) -> list[int]:  # noqa: ANN001
+def counting_cones(d) -> list[int]:
     """Count the cone queries the daemon's engine runs (tables and overlays alike)."""
     count = [0]
     run = d.engine.run_cone
 
-    def counted(*a, **k):  # noqa: ANN002, ANN003, ANN202
+    def counted(*a, **k):
         count[0] += 1
         return run(*a, **k)
 
@@ -290,7 +290,7 @@ def bench_real_peers(tmp: Path, n: int, hub: str) -> list[tuple[str, float, str,
         delivered: list[tuple[float, str, list[str]]] = []
         deliver = d._deliver_table
 
-        def timed(res, origin, patterns=None):  # noqa: ANN001, ANN202
+        def timed(res, origin, patterns=None):
             sent = deliver(res, origin, patterns)
             delivered.append((time.perf_counter(), res.name, sent))
             return sent

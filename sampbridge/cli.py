@@ -9,13 +9,19 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, cast
 
 from . import __version__
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, load_config
 from .csc.errors import CSCError
 from .model import RequestError
+
+if TYPE_CHECKING:                   # imported where used: a query loads astropy, --help does not
+    from .engine import Engine, TableResult
+    from .model import TapRequest
 
 __all__ = ["main"]
 
@@ -62,7 +68,7 @@ _NEGATIVE_VALUE = re.compile(r"-\.?\d")
 class _Parser(argparse.ArgumentParser):
     """An argument parser that reads ``-24:19:13`` or ``-24d19m13s`` as a value."""
 
-    def _parse_optional(self, arg_string: str):  # noqa: ANN202 - argparse's own return type
+    def _parse_optional(self, arg_string: str):  # argparse's own return type
         if _NEGATIVE_VALUE.match(arg_string):
             return None
         return super()._parse_optional(arg_string)
@@ -242,7 +248,7 @@ class _StopSignals:
     def __init__(self) -> None:
         self.cancel = threading.Event()
         self.signum: int | None = None
-        self._old: dict[int, object] = {}
+        self._old: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
 
     def __enter__(self) -> _StopSignals:
         for name in ("SIGINT", "SIGTERM", "SIGHUP"):
@@ -263,11 +269,11 @@ class _StopSignals:
         raise _Stopped(signum)
 
 
-def _rows_line(res: object) -> str:
+def _rows_line(res: TableResult) -> str:
     return f"{res.rows} rows -> {res.path}" + (" (truncated at MAXREC)" if res.overflow else "")
 
 
-def _cone(args: argparse.Namespace, cfg: object, engine: object) -> None:
+def _cone(args: argparse.Namespace, cfg: Config, engine: Engine) -> None:
     from .model import ConeRequest
 
     req = ConeRequest.from_params({"ra": args.ra, "dec": args.dec, "radius": args.radius,
@@ -275,7 +281,7 @@ def _cone(args: argparse.Namespace, cfg: object, engine: object) -> None:
     print(_rows_line(engine.run_cone(req, dest=_out_file(args.out))))
 
 
-def _siap(args: argparse.Namespace, cfg: object, engine: object) -> None:
+def _siap(args: argparse.Namespace, cfg: Config, engine: Engine) -> None:
     from .model import SiapRequest
 
     req = SiapRequest.from_params({"ra": args.ra, "dec": args.dec, "size": args.size}, cfg)
@@ -294,7 +300,7 @@ def _siap(args: argparse.Namespace, cfg: object, engine: object) -> None:
     print(f"{img.found} images found, {len(img.images)} downloaded -> {out}", file=sys.stderr)
 
 
-def _tap(args: argparse.Namespace, cfg: object, engine: object, adql: str,
+def _tap(args: argparse.Namespace, cfg: Config, engine: Engine, adql: str | None,
          stop: _StopSignals) -> None:
     from .model import TapRequest
 
@@ -307,7 +313,8 @@ def _tap(args: argparse.Namespace, cfg: object, engine: object, adql: str,
     print(_rows_line(res))
 
 
-def _tap_async(engine: object, req: object, dest: Path, stop: _StopSignals) -> object:
+def _tap_async(engine: Engine, req: TapRequest, dest: Path,
+               stop: _StopSignals) -> TableResult:
     """Run an async TAP query in a worker, so that a signal is handled at once.
 
     The main thread only waits: on a signal, the worker's poll sees ``stop.cancel`` and
@@ -329,7 +336,7 @@ def _tap_async(engine: object, req: object, dest: Path, stop: _StopSignals) -> o
     def work() -> None:
         try:
             box["result"] = engine.run_tap(req, dest=dest, cancel=stop.cancel, on_job=on_job)
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+        except BaseException as exc:  # handed to the main thread
             box["error"] = exc
         finally:
             done.set()
@@ -341,11 +348,11 @@ def _tap_async(engine: object, req: object, dest: Path, stop: _StopSignals) -> o
         exc.detail = _stop_tap(engine, done, box, jobs, dest)
         raise
     if "error" in box:
-        raise box["error"]
-    return box["result"]
+        raise cast(BaseException, box["error"])
+    return cast("TableResult", box["result"])
 
 
-def _stop_tap(engine: object, done: threading.Event, box: dict[str, object], jobs: list[str],
+def _stop_tap(engine: Engine, done: threading.Event, box: dict[str, object], jobs: list[str],
               dest: Path) -> str:
     """Make sure a stopped async query's job is gone; return what to add to "stopped"."""
     from .csc.tap import Cancelled
@@ -438,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(f"sampbridge: error: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # noqa: BLE001 - a bug still gets one line, the trace under -v
+    except Exception as exc:  # a bug still gets one line, the trace under -v
         log.debug("unexpected failure", exc_info=True)
         print(f"sampbridge: error: unexpected failure ({type(exc).__name__}); run it again "
               "with -v for the details and report them", file=sys.stderr)

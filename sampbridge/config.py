@@ -372,7 +372,7 @@ class _StrictLoader(yaml.SafeLoader):
     what = "YAML files"
     depth = 0
 
-    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102
+    def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.peek_event()
         mark = event.start_mark
         if isinstance(event, yaml.AliasEvent):
@@ -402,7 +402,7 @@ class _StrictLoader(yaml.SafeLoader):
 def _reader_error(text: str, exc: yaml.reader.ReaderError) -> YAMLRefused:
     pos = exc.position if isinstance(exc.position, int) and exc.position >= 0 else 0
     before = text[:pos]
-    mark = yaml.Mark("", pos, before.count("\n"), pos - (before.rfind("\n") + 1), None, None)
+    mark = yaml.Mark("", pos, before.count("\n"), pos - (before.rfind("\n") + 1), None, 0)
     code = f"#x{exc.character:04x}" if isinstance(exc.character, int) else "a character"
     return YAMLRefused(f"the control character {code} is not allowed in YAML", mark,
                        syntax=True)

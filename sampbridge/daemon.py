@@ -476,7 +476,7 @@ class Daemon:
         """Draw a cone's sources on the viewers' own images (``seq``: of a click, or None)."""
         try:
             ellipses = read_ellipses(path)
-        except Exception as exc:  # noqa: BLE001 - a table that cannot be read draws nothing
+        except Exception as exc:  # a table that cannot be read draws nothing
             self.stats["errors"] += 1
             log.error("overlay for %s: cannot read the cone table %s (%s)", origin, path.name,
                       exc.__class__.__name__)
@@ -600,7 +600,7 @@ class Daemon:
             self._refuse_or_fail(msg, exc, accepted)
         except OSError as exc:
             self._refuse_or_fail(msg, RequestError(f"file error: {exc}"), accepted)
-        except Exception as exc:  # noqa: BLE001 - the worker must always reply
+        except Exception as exc:  # the worker must always reply
             log.exception("%s from %s failed", msg.mtype, msg.sender_name)
             self._refuse_or_fail(msg, exc, accepted)
         finally:
@@ -659,11 +659,11 @@ class Daemon:
                     keep.append(item)
                 continue
             try:
-                if is_table:
+                if isinstance(res, TableResult):
                     self._deliver_table(res, origin, patterns)
                 else:
                     self._deliver_images(res, origin, patterns)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("delivering a kept result failed")
         if keep:
             with self._backlog_lock:
@@ -722,6 +722,8 @@ class Daemon:
         for skipped in res.skipped:
             log.warning("image skipped: %s", skipped)
         for img in res.images:
+            if img.path is None:            # not downloaded (a SIAP result lists only those)
+                continue
             params = {"url": img.path.resolve().as_uri(), "image-id": f"sampbridge-img-"
                       f"{img.path.stem}", "name": img.title or img.path.name}
             outcomes = self.conn.send("image.load.fits", params,
@@ -991,7 +993,7 @@ class Daemon:
             self._refuse(msg, exc)
         except OSError as exc:
             self._refuse(msg, RequestError(f"file error: {exc}"))
-        except Exception as exc:  # noqa: BLE001 - the worker must always reply
+        except Exception as exc:  # the worker must always reply
             log.exception("%s from %s failed", msg.mtype, msg.sender_name)
             self._refuse(msg, exc)
         finally:

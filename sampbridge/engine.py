@@ -254,10 +254,10 @@ class Engine:
             what = f"TAP cone ({res.dialect}) {req.ra:.5f} {req.dec:+.5f} r={req.radius:g}"
             return TableResult(dest, _new_id("cone"), name, res.rows, res.seconds, what,
                                res.overflow, res.url)
-        res = self.cone.query_to_file(req.ra, req.dec, req.radius, dest, req.verb)
+        cres = self.cone.query_to_file(req.ra, req.dec, req.radius, dest, req.verb)
         what = f"cone {req.ra:.5f} {req.dec:+.5f} r={req.radius:g} VERB={req.verb}"
-        return TableResult(dest, _new_id("cone"), name, res.rows, res.seconds, what,
-                           res.summary.overflow, res.url)
+        return TableResult(dest, _new_id("cone"), name, cres.rows, cres.seconds, what,
+                           cres.summary.overflow, cres.url)
 
     def run_siap(self, req: SiapRequest, dest_dir: Path | None = None,
                  count: int | None = None, prefix: str | None = None) -> ImageResult:
@@ -273,7 +273,9 @@ class Engine:
         cache = self.cache
 
         def reuse(img: ImageInfo, dest: Path) -> bool:
-            hit = cache.get(image_key(img.url)) if cache is not None else None
+            if cache is None:
+                return False
+            hit = cache.get(image_key(img.url))
             return hit is not None and cache.materialize(hit, dest)
 
         def keep(img: ImageInfo, path: Path) -> None:

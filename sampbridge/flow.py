@@ -8,7 +8,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 __all__ = ["Coalescer", "EchoGuard", "separation_deg"]
 
@@ -107,6 +107,7 @@ class Coalescer(Generic[T]):
                     return
                 now = time.monotonic()
                 if not self._leading:
+                    assert self._last is not None      # submit() sets it with every item
                     due = min(self._last + self.quiet, self._first + self.max_wait)
                     if now < due:
                         self._cond.wait(due - now)
@@ -119,8 +120,8 @@ class Coalescer(Generic[T]):
             if leading:
                 log.debug("item %d runs at once (leading edge)", seq)
             try:
-                self._run(item, seq)  # type: ignore[arg-type]
-            except Exception:  # noqa: BLE001 - the worker must outlive any one item
+                self._run(cast(T, item), seq)     # an item was set (_has_item)
+            except Exception:  # the worker must outlive any one item
                 log.exception("coalesced task failed")
             finally:
                 with self._cond:

@@ -113,7 +113,7 @@ class FileOutcome:
 
     query: Path
     results: list[TableResult | ImageResult] = field(default_factory=list)
-    send_to: list[str | None] = field(default_factory=list)
+    send_to: list[list[str] | None] = field(default_factory=list)
 
 
 class _Stopped(Exception):
@@ -200,7 +200,7 @@ class _Handler(FileSystemEventHandler):
                 self.folder.notice(Path(os.fsdecode(dest)), closed=True)
             elif event.event_type in ("created", "modified", "closed"):
                 self.folder.notice(Path(os.fsdecode(event.src_path)), closed=closed)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("watcher event %s failed; going on", show_name(repr(event)))
 
 
@@ -427,7 +427,7 @@ class QueryFolder:
                     self._scan()
                     last_scan = now
                 self._check(now)
-            except Exception:  # noqa: BLE001 - the checker must outlive any one problem
+            except Exception:  # the checker must outlive any one problem
                 log.exception("folder check failed; going on")
 
     def _check(self, now: float) -> None:
@@ -475,7 +475,7 @@ class QueryFolder:
         except Cancelled:
             log.info("%s: interrupted by shutdown; it stays and runs at the next start",
                      show_name(path.name))
-        except Exception:  # noqa: BLE001 - a file's failure never stops the folder
+        except Exception:  # a file's failure never stops the folder
             log.exception("processing %s failed unexpectedly", show_name(path.name))
             self._fail_quietly(path, "sampbridge failed unexpectedly on this file; see its log")
         finally:
@@ -488,7 +488,7 @@ class QueryFolder:
                 self._fail(path, text, key)
         except _Stopped:
             pass
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("could not set %s aside", show_name(path.name))
 
     def _process(self, path: Path) -> None:
@@ -517,7 +517,7 @@ class QueryFolder:
             self._attempt(path, key, sha)
         except (_Stopped, Cancelled):
             raise
-        except Exception:  # noqa: BLE001 - set the file aside, with its journal entry closed
+        except Exception:  # set the file aside, with its journal entry closed
             log.exception("processing %s failed unexpectedly", show_name(path.name))
             self._fail_quietly(path, "sampbridge failed unexpectedly on this file; see its log",
                                key)
@@ -718,7 +718,7 @@ class QueryFolder:
         outcome.query = target
         try:
             self.deliver(outcome)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("delivering the results of %s failed", show_name(path.name))
 
     def _free(self, folder: Path, stem: str, suffix: str, also: str = "") -> Path:

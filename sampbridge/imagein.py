@@ -16,7 +16,7 @@ import os
 import stat
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -54,7 +54,7 @@ def _label(url_or_path: str | os.PathLike) -> str:
     return name or text
 
 
-def _local_chunks(path: Path, label: str) -> Iterator[bytes]:
+def _local_chunks(path: Path, label: str) -> Generator[bytes, None, None]:
     """Yield a local regular file's bytes in FITS blocks (a FIFO or a device is refused)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -80,7 +80,8 @@ def _local_chunks(path: Path, label: str) -> Iterator[bytes]:
         os.close(fd)
 
 
-def _http_chunks(url: str, session, deadline: float, label: str) -> Iterator[bytes]:
+def _http_chunks(url: str, session, deadline: float,
+                 label: str) -> Generator[bytes, None, None]:
     """Yield an http(s) body as it arrives, in small reads, until ``deadline`` seconds pass."""
     what = "image header download"
     give_up_at = time.monotonic() + deadline
@@ -104,7 +105,7 @@ def _http_chunks(url: str, session, deadline: float, label: str) -> Iterator[byt
             try:
                 chunk = read1(BLOCK, decode_content=True) if read1 is not None \
                     else resp.raw.read(BLOCK, decode_content=True)
-            except Exception as exc:  # noqa: BLE001 - urllib3/requests/socket errors alike
+            except Exception as exc:  # urllib3/requests/socket errors alike
                 if "timeout" in type(exc).__name__.lower():
                     raise ImageError(f"the header of the image {label} did not arrive: the "
                                      "server stopped sending it (read timeout)") from None
@@ -116,7 +117,7 @@ def _http_chunks(url: str, session, deadline: float, label: str) -> Iterator[byt
 
 
 def _open_source(url_or_path: str | os.PathLike, session, allow_remote: bool,
-                 deadline: float, remote_key: str) -> tuple[Iterator[bytes], str]:
+                 deadline: float, remote_key: str) -> tuple[Generator[bytes, None, None], str]:
     """Return an iterator of the raw bytes of the image, and its label for errors."""
     if not isinstance(url_or_path, (str, os.PathLike)) or not os.fspath(url_or_path).strip():
         raise ImageError("the message has no image 'url'")
@@ -161,7 +162,7 @@ def _gunzip(chunks: Iterator[bytes], label: str) -> Iterator[bytes]:
             return
 
 
-def _decoded(chunks: Iterator[bytes], label: str) -> Iterator[bytes]:
+def _decoded(chunks: Iterator[bytes], label: str) -> Generator[bytes, None, None]:
     """Yield the FITS bytes: the raw stream, or its decompression when it is gzip."""
     head = b""
     for chunk in chunks:
@@ -247,7 +248,7 @@ def _parse(text: str, label: str) -> fits.Header:
     try:
         with quiet_astropy():
             return fits.Header.fromstring(text)
-    except Exception:  # noqa: BLE001 - any card astropy cannot read makes the header unusable
+    except Exception:  # any card astropy cannot read makes the header unusable
         raise ImageError(f"the FITS header of the image {label} cannot be read: its cards are "
                          "malformed") from None
 
@@ -327,13 +328,13 @@ def read_fits_header(url_or_path: str | os.PathLike, session=None,
 
 
 # ----------------------------------------------------------------------------- footprint
-def _celestial(header: fits.Header):  # noqa: ANN202 - an astropy.wcs.WCS
+def _celestial(header: fits.Header):  # an astropy.wcs.WCS
     from astropy.wcs import WCS
 
     try:
         with quiet_astropy():
             wcs = WCS(header)
-    except Exception:  # noqa: BLE001 - wcslib refuses many headers, each in its own words
+    except Exception:  # wcslib refuses many headers, each in its own words
         raise ImageError("the image's WCS keywords cannot be interpreted: cannot tell which "
                          "sky it shows") from None
     if not wcs.has_celestial:
@@ -371,7 +372,7 @@ def footprint_cone(header: fits.Header) -> tuple[float, float, float]:
     try:
         with quiet_astropy():
             sky = wcs.pixel_to_world(xs, ys).icrs
-    except Exception:  # noqa: BLE001 - a projection can fail for pixels off its sky
+    except Exception:  # a projection can fail for pixels off its sky
         raise ImageError("the image's WCS cannot place its corners on the sky") from None
     ok = np.isfinite(sky.ra.deg) & np.isfinite(sky.dec.deg)
     if not ok[0] or ok.sum() < 2:

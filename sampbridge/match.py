@@ -46,8 +46,8 @@ class UploadIncomplete(QueryError):
     """The upload match hit the service's row limit (MAXREC): some pairs would be missing."""
 
 
-def sep_arcsec(ra1: np.ndarray, dec1: np.ndarray, ra2: np.ndarray, dec2: np.ndarray
-               ) -> np.ndarray:
+def sep_arcsec(ra1: np.ndarray | float, dec1: np.ndarray | float, ra2: np.ndarray | float,
+               dec2: np.ndarray | float) -> np.ndarray:
     """Angular separation in arcsec, vectorised.
 
     astropy's :func:`~astropy.coordinates.angular_separation` (the Vincenty formula that

@@ -56,7 +56,7 @@ def _sexagesimal(value: Any, unit: str) -> float | None:
         from astropy.coordinates import Angle
 
         return float(Angle(value.strip(), unit=unit).deg)
-    except Exception:  # noqa: BLE001 - anything astropy cannot read is simply not sexagesimal
+    except Exception:  # anything astropy cannot read is simply not sexagesimal
         return None
 
 

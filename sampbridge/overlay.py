@@ -59,7 +59,7 @@ class SourceEllipse:
     pa: float
 
 
-def _value(row, column: str) -> float | None:  # noqa: ANN001 - an astropy Row
+def _value(row, column: str) -> float | None:  # an astropy Row
     """Return ``row[column]`` as a finite float, or None (missing column, masked, NaN)."""
     if column not in row.colnames:
         return None
@@ -78,7 +78,7 @@ def _clean_name(text: object, limit: int = 60) -> str:
     return _NAME_BAD.sub("", name).strip()[:limit]
 
 
-def source_ellipses(table) -> list[SourceEllipse]:  # noqa: ANN001 - an astropy Table
+def source_ellipses(table) -> list[SourceEllipse]:  # an astropy Table
     """Turn a cone result into the ellipses to draw.
 
     Parameters
@@ -246,7 +246,7 @@ def aladin_script(ellipses: Iterable[SourceEllipse], plane: str = TAG) -> str:
     lines = [f"rm {plane}", f"draw newtool({plane})"]
     for e in ellipses:
         pos = f"{e.ra:.7f},{e.dec:+.7f}"
-        if e.r0 is None:
+        if e.r0 is None or e.r1 is None:        # both or neither (read_ellipses)
             lines.append(f'draw tag({pos},"{e.name}")')
             continue
         lines.append(f"draw ellipse({pos},{e.r0 / 3600:.9f},{e.r1 / 3600:.9f},"

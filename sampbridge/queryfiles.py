@@ -173,9 +173,9 @@ def _one_yaml(path: Path, node: yaml.Node, cfg: Config, where: str,
         raise _yaml_error(path, node, f"{where} must be a mapping with one of "
                           f"{', '.join(_KINDS)}")
     keys = {str(k.value): (k, v) for k, v in node.value}
-    for name, (knode, _) in keys.items():
-        if name not in _KINDS and name not in _COMMON:
-            raise _yaml_error(path, knode, f"unknown key {_show(name)} (expected one of "
+    for key, (knode, _) in keys.items():
+        if key not in _KINDS and key not in _COMMON:
+            raise _yaml_error(path, knode, f"unknown key {_show(key)} (expected one of "
                               f"{', '.join(_KINDS)}, plus optional {', '.join(_COMMON)})")
     kinds = [k for k in keys if k in _KINDS]
     if len(kinds) != 1:

@@ -145,7 +145,7 @@ def _cap(max_bytes: int, cap_name: str | None) -> str:
     return f"the cap of {max_bytes:,} bytes" + (f" ({cap_name})" if cap_name else "")
 
 
-def _chunks(fd: int, max_bytes: int, label: str,  # noqa: ANN202 - a generator of bytes
+def _chunks(fd: int, max_bytes: int, label: str,  # a generator of bytes
             cap_name: str | None):
     total = 0
     while True:

@@ -246,7 +246,7 @@ def installed_command(t: Target) -> list[str] | None:
     if t.platform == "macos":
         try:
             args = plistlib.loads(raw).get("ProgramArguments")
-        except Exception:  # noqa: BLE001 - any damage reads as "unreadable"
+        except Exception:  # any damage reads as "unreadable"
             return None
         return [str(a) for a in args] if isinstance(args, list) else None
     for line in raw.decode("utf-8", "replace").splitlines():
@@ -298,6 +298,7 @@ def install(t: Target, argv: list[str], enable: bool, say: Say) -> int:
     """
     _sudo_warning(t, say)
     if t.platform == "macos":
+        assert t.log is not None            # target() gives every launchd agent its log
         data = launchd_plist(argv, t.log)
     else:
         data = systemd_unit(argv).encode("utf-8")
@@ -310,6 +311,7 @@ def install(t: Target, argv: list[str], enable: bool, say: Say) -> int:
         _write_private(t.path, data)
         say(f"{'updated' if old is not None else 'wrote'} {t.path} ({t.kind}); it runs: {runs}")
     if t.platform == "macos":
+        assert t.log is not None
         _make_private_dirs(t.log.parent)
         if not t.log.exists():
             os.close(os.open(t.log, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))

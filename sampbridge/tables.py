@@ -222,7 +222,7 @@ def read_table(path: Path, max_rows: int, *, max_bytes: int | None = None,
     try:
         with quiet_astropy():
             table = _parse_table(data, fmt)
-    except Exception:  # noqa: BLE001 - any reader failure means: not a table we can use
+    except Exception:  # any reader failure means: not a table we can use
         # the reader's own message may quote the file (a first line, a tag): never pass it on
         raise TableError(f"this is not a readable table ({fmt}): {_UNREADABLE[fmt]}") from None
     if len(table) == 0:
@@ -243,7 +243,7 @@ def _parse_table(data: bytes, fmt: str) -> Table:
     return Table.read(io.BytesIO(data), format=fmt)
 
 
-def _ucd(col) -> str:  # noqa: ANN001
+def _ucd(col) -> str:
     return str(col.meta.get("ucd", "") or getattr(col, "ucd", "") or "").lower()
 
 
@@ -292,7 +292,7 @@ class Positions:
     dec_col: str
 
 
-def _to_degrees(col, is_ra: bool) -> np.ndarray:  # noqa: ANN001
+def _to_degrees(col, is_ra: bool) -> np.ndarray:
     from astropy.coordinates import Angle
 
     data = col.filled(np.nan) if hasattr(col, "filled") and col.dtype.kind in "fiu" else col
@@ -319,7 +319,7 @@ def _to_degrees(col, is_ra: bool) -> np.ndarray:  # noqa: ANN001
             pass
         try:
             out[i] = Angle(s, unit="hourangle" if is_ra else "deg").deg
-        except Exception:  # noqa: BLE001 - an unreadable cell is just an unusable position
+        except Exception:  # an unreadable cell is just an unusable position
             pass
     return out
 

@@ -51,7 +51,7 @@ def _vo_up() -> bool:
         with urllib.request.urlopen(f"{VO_BASE}/csc21scs/coneSearch?RA=0&DEC=0&SR=0.001&VERB=1",
                                     timeout=5) as r:
             return r.status == 200
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -128,7 +128,7 @@ class RecordingPeer:
             self.client.bind_receive_notification(mt, self._on_notify, declare=False)
         self.client.declare_subscriptions()
 
-    def _on_call(self, private_key, sender_id, msg_id, mtype, params, extra):  # noqa: ANN001
+    def _on_call(self, private_key, sender_id, msg_id, mtype, params, extra):
         with self.lock:
             self.received.append((mtype, dict(params), sender_id))
         if self.silent:
@@ -138,7 +138,7 @@ class RecordingPeer:
         else:
             self.client.ereply(msg_id, "samp.ok", result={})
 
-    def _on_notify(self, private_key, sender_id, mtype, params, extra):  # noqa: ANN001
+    def _on_notify(self, private_key, sender_id, mtype, params, extra):
         with self.lock:
             self.received.append((mtype, dict(params), sender_id))
 
@@ -171,7 +171,7 @@ class RecordingPeer:
                     if self.client.get_metadata(cid).get("samp.name") != name:
                         continue
                     subs = self.client.get_subscriptions(cid)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     continue
                 if subs and (mtype is None or mtype in subs):
                     return cid
@@ -182,12 +182,12 @@ class RecordingPeer:
     def close(self) -> None:
         try:
             self.client.disconnect()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
 
 @pytest.fixture
-def make_peer(hub) -> Iterator[Callable[..., RecordingPeer]]:  # noqa: ANN001
+def make_peer(hub) -> Iterator[Callable[..., RecordingPeer]]:
     peers: list[RecordingPeer] = []
 
     def make(name: str = "topcat", mtypes: list[str] | None = None, fail: bool = False,
@@ -203,7 +203,7 @@ def make_peer(hub) -> Iterator[Callable[..., RecordingPeer]]:  # noqa: ANN001
 
 
 @pytest.fixture
-def make_daemon(hub) -> Iterator[Callable[..., object]]:  # noqa: ANN001
+def make_daemon(hub) -> Iterator[Callable[..., object]]:
     """Start :class:`sampbridge.daemon.Daemon` instances; all are stopped afterwards."""
     from sampbridge.daemon import Daemon
 
@@ -222,7 +222,7 @@ def make_daemon(hub) -> Iterator[Callable[..., object]]:  # noqa: ANN001
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):  # noqa: ANN001
+def pytest_runtest_makereport(item, call):
     """Under CI a skip is a failure: a missing peer or server must not pass silently."""
     outcome = yield
     report = outcome.get_result()

@@ -25,7 +25,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         path = self.path.split("?")[0]
         with self.server.lock:
             self.server.hits[path] = self.server.hits.get(path, 0) + 1

@@ -40,7 +40,7 @@ def peak_rss_growth(fn: Callable[[], Any]) -> tuple[int, Any, float]:
     t0 = time.perf_counter()
     try:
         result: Any = fn()
-    except Exception as exc:  # noqa: BLE001 - the caller looks at what was raised
+    except Exception as exc:  # the caller looks at what was raised
         result = exc
     secs = time.perf_counter() - t0
     return status("VmHWM") - before, result, secs
@@ -130,14 +130,14 @@ class LyingTap:
                 self.end_headers()
                 self.wfile.write(resp.content)
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 if self.path.split("?")[0].endswith("/capabilities"):
                     self.relay(requests.get(f"{promise}/capabilities", timeout=(5, 60)))
                 else:
                     self.relay(requests.get(actual + self.path, timeout=(5, 60),
                                             allow_redirects=False))
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with owner._lock:
                     owner.syncs += self.path.startswith("/sync")

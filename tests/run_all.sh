@@ -31,6 +31,7 @@ fi
 $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test]"
 echo "[run_all] python package installed after $((SECONDS - t0)) s"
 $PY -m ruff check .
+$PY -m mypy sampbridge
 # The README's install lines, proven in a fresh environment on the stock Debian Python (where
 # "pip install ." meets PEP 668), apart from the editable install above. Kept equal to README.md's
 # "Install and run" block by tests/test_install.py; "sampbridge run" becomes --version and

@@ -93,7 +93,7 @@ class _Quiet(BaseHTTPRequestHandler):
 class _NeverFinishingUWS(_Quiet):
     """POST /tap/async -> 303 to a job that stays EXECUTING; DELETE is accepted."""
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._drain()
         path = self.path.split("?")[0]
         if path == "/tap/async":
@@ -106,7 +106,7 @@ class _NeverFinishingUWS(_Quiet):
         else:
             self._send(404, b"no such thing")
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         path = self.path.split("?")[0]
         parts = path.split("/")
         if path.startswith("/tap/async/") and len(parts) == 4:
@@ -116,7 +116,7 @@ class _NeverFinishingUWS(_Quiet):
         else:
             self._send(404, b"no such thing")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         with self.server.lock:
             self.server.deleted.append(self.path.split("?")[0].rsplit("/", 1)[-1])
         self._send(303, location=self.server.url("/tap/async"))
@@ -125,7 +125,7 @@ class _NeverFinishingUWS(_Quiet):
 class _Trickle(_Quiet):
     """Any GET: a 10 MB table announced, then one byte every 0.2 s until the server stops."""
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         with self.server.lock:
             self.server.gets += 1
         self.send_response(200)
@@ -165,7 +165,7 @@ def _timed_call(peer: RecordingPeer, sid: str, mtype: str, params: dict
     return time.monotonic() - t0, resp
 
 
-def _stop_promptly(d) -> float:  # noqa: ANN001
+def _stop_promptly(d) -> float:
     t0 = time.monotonic()
     d.stop()
     return time.monotonic() - t0

@@ -86,7 +86,7 @@ class _UWSHandler(BaseHTTPRequestHandler):
     def _parts(self) -> list[str]:
         return self.path.split("?")[0].strip("/").split("/")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         parts, uws = self._parts(), self.server
         if parts == ["tap", "async"]:
@@ -98,7 +98,7 @@ class _UWSHandler(BaseHTTPRequestHandler):
         else:
             self._reply(404)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         parts, uws = self._parts(), self.server
         phase = uws.jobs.get(parts[2]) if len(parts) == 3 else None
         if phase is None:
@@ -108,7 +108,7 @@ class _UWSHandler(BaseHTTPRequestHandler):
             uws.release.wait(30)            # a poll that hangs: the CLI's worker is stuck in it
         self._reply(200, _JOB.format(id=parts[2], phase=phase).encode())
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         parts, uws = self._parts(), self.server
         with uws.lock:
             uws.deletes.append(parts[-1])

@@ -64,7 +64,7 @@ def _is_dachs(base: str) -> bool:
     try:
         with urllib.request.urlopen(f"{base}/tap/availability", timeout=5) as r:
             return r.headers.get("Server", "").startswith("DaCHS")
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -141,7 +141,7 @@ def status_of(body: bytes) -> tuple[str, str]:
     return m.group(1).decode(), (m.group(2) or b"").decode()
 
 
-def table(body: bytes):  # noqa: ANN201
+def table(body: bytes):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return parse_single_table(io.BytesIO(body)).to_table()
@@ -460,7 +460,7 @@ RETRIEVE = re.compile(r"^(?P<base>http://[^/]+)/csccli/retrieveFile\?filetype=(?
                       r"filename=(?P<f>[\w.]+)&version=rel2\.1$")
 
 
-def siap(http: requests.Session, front: Front, size: float = 0.2, fmt: str = "ALL"):  # noqa: ANN201
+def siap(http: requests.Session, front: Front, size: float = 0.2, fmt: str = "ALL"):
     r = http.get(f"{front.base}/csc21siap/queryImages", timeout=TIMEOUT,
                  params={"POS": f"{RA0},{DEC0}", "SIZE": size, "FORMAT": fmt})
     assert r.status_code == 200 and status_of(r.content)[0] == "OK"

@@ -196,7 +196,7 @@ def test_a_row_click_sent_twice_by_topcat_is_answered_once_at_once(no_images, ma
     assert "superseded" not in caplog.text
 
 
-def _rows(path):  # noqa: ANN001, ANN202
+def _rows(path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t = parse_single_table(str(path)).to_table()
@@ -222,7 +222,7 @@ def test_the_table_is_delivered_while_the_image_query_still_runs(cfg, make_daemo
     assert len(topcat.of("table.load.votable")) == 1
 
 
-def _topcat_click(cfg, make_daemon, make_peer):  # noqa: ANN001, ANN202
+def _topcat_click(cfg, make_daemon, make_peer):
     """A daemon, TOPCAT and DS9 stand-ins, and a click in TOPCAT at RHO: the image in DS9.
 
     The image goes to the viewers that did not send the click (DS9 here, as a click in TOPCAT
@@ -436,7 +436,7 @@ def test_a_subscriber_list_older_than_a_hub_event_is_not_kept(no_images, make_da
     client = d.conn._client
     original = client.get_subscribed_clients
 
-    def overtaken(mtype):  # noqa: ANN001, ANN202
+    def overtaken(mtype):
         answer = original(mtype)
         d.conn._on_subscriptions(Message("hub", "hub", "samp.hub.event.subscriptions",
                                          {"id": "c9"}, None, d.conn))

@@ -83,7 +83,7 @@ def delete_jobs(ids: set[str]) -> None:
         req = urllib.request.Request(f"{VO_BASE}/tap/async/{job}", method="DELETE")
         try:
             urllib.request.urlopen(req, timeout=10).close()
-        except Exception:  # noqa: BLE001 - gone already
+        except Exception:  # gone already
             pass
 
 

@@ -42,7 +42,7 @@ class ViewerPeer(RecordingPeer):
         self.region_texts: list[str] = []
         super().__init__(name, mtypes)
 
-    def _on_call(self, private_key, sender_id, msg_id, mtype, params, extra):  # noqa: ANN001
+    def _on_call(self, private_key, sender_id, msg_id, mtype, params, extra):
         url = params.get("url", "") if mtype == "ds9.set" else ""
         if url.startswith("file://"):
             self.region_texts.append(Path(url[len("file://"):]).read_text())
@@ -50,7 +50,7 @@ class ViewerPeer(RecordingPeer):
 
 
 @pytest.fixture
-def viewers(hub):  # noqa: ANN001
+def viewers(hub):
     """TOPCAT, DS9 and Aladin stand-ins: tables, and images with their overlay MTypes."""
     made = {
         "topcat": RecordingPeer("topcat", ["table.load.votable"]),
@@ -98,7 +98,7 @@ def script_ellipses(script: str) -> int:
     return sum(line.startswith("draw ellipse(") for line in script.splitlines())
 
 
-def sources(vo: str, ra: float, dec: float, radius: float, verb: int = 3):  # noqa: ANN201
+def sources(vo: str, ra: float, dec: float, radius: float, verb: int = 3):
     """The mimic's own answer to the same cone."""
     import warnings
 
@@ -110,7 +110,7 @@ def sources(vo: str, ra: float, dec: float, radius: float, verb: int = 3):  # no
                                                                verbosity=verb).to_table()
 
 
-def check_overlay(got: list[tuple[str, list[float]]], want) -> None:  # noqa: ANN001
+def check_overlay(got: list[tuple[str, list[float]]], want) -> None:
     """The drawn ellipses are the cone's sources: same names, centres and axes, PA + 90."""
     assert len(got) == len(want) > 10
     rows = {str(r["name"]): r for r in want}

@@ -236,7 +236,7 @@ class _FitsHandler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         srv = self.server
         if self.path not in srv.files:
             self.send_error(404)

@@ -34,7 +34,7 @@ from sampbridge.overlay import (
 from conftest import wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers.harness import PeerStack, require_peers  # noqa: E402
+from peers.harness import PeerStack, require_peers
 
 RA, DEC = 246.79, -24.32
 #: name, ra, dec, r0, r1, ang: position angles on the axes and off them, and a long thin one

@@ -39,8 +39,8 @@ from astropy.wcs import WCS
 from pyvo.dal import SCSService
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import wait_for  # noqa: E402
-from peers.harness import (  # noqa: E402
+from conftest import wait_for
+from peers.harness import (
     PeerError,
     PeerStack,
     find_client_id,
@@ -375,7 +375,7 @@ class TopcatTables:
             try:
                 n = self.st.topcat_table_count(at_least=self.before + 1, timeout=0.5)
                 seen = [self.name(i) for i in range(self.before + 1, n + 1)]
-            except Exception as e:  # noqa: BLE001 - one lost reply: ask again
+            except Exception as e:  # one lost reply: ask again
                 # seen twice with the pyvo hub before commit 7d76d10 (its callAndWait dropped
                 # a reply that came back at once; the harness's python hub is now the fixed
                 # sampbridge.samp.hub.Hub): asking again is harmless, and it warns
@@ -406,7 +406,7 @@ def wait_current(st: PeerStack, name: str, timeout: float = 20.0) -> None:
     def current() -> bool:
         try:
             return str(st.topcat_table(None, timeout=1).meta.get("name", "")) == name
-        except Exception:  # noqa: BLE001 - no table yet, or a reply lost: ask again
+        except Exception:  # no table yet, or a reply lost: ask again
             return False
 
     wait_for(current, timeout, 0.2, what=f"TOPCAT's current table to be {name!r}")
@@ -507,7 +507,7 @@ def check_match_table(st: PeerStack, index: int, want: dict[str, str]) -> None:
 
 
 # ============================================================================= 1. DS9 click
-def ds9_click_to_topcat(stack, b, sky_image, vo_server):  # noqa: ANN001
+def ds9_click_to_topcat(stack, b, sky_image, vo_server):
     """Scenario 1: DS9 shows an image and pans to a source; return (ra, dec, TOPCAT tables,
     CSC names in the new table), having checked them against a direct cone."""
     stack.call_ok("ds9", "image.load.fits", {"url": sky_image.as_uri(), "name": "rho Oph"})
@@ -994,7 +994,7 @@ def topcat_cone(stack: PeerStack, tables: TopcatTables, ra: float, dec: float) -
     return stack.topcat_table(index)
 
 
-def check_ds9_overlay(regions, table: Table, vo: str, ra: float, dec: float) -> None:  # noqa: ANN001
+def check_ds9_overlay(regions, table: Table, vo: str, ra: float, dec: float) -> None:
     """DS9's read-back regions are the cone's sources: number, centre (< 0.1") and size."""
     from astropy import units as u
     from astropy.coordinates import SkyCoord

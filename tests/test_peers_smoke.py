@@ -18,7 +18,7 @@ from astropy.table import Table
 from astropy.wcs import WCS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peers.harness import PEERS, PeerStack, require_peers  # noqa: E402
+from peers.harness import PEERS, PeerStack, require_peers
 
 pytestmark = pytest.mark.peers
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import wait_for  # noqa: E402
-from peers.harness import PeerStack, require_peers  # noqa: E402
+from conftest import wait_for
+from peers.harness import PeerStack, require_peers
 
 pytestmark = [pytest.mark.peers, pytest.mark.server]
 

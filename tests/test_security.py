@@ -143,10 +143,10 @@ def test_a_users_adql_goes_through_unchanged(tmp_path):
     body = (DATA / "recorded" / "standard" / "scs_v2.xml").read_bytes()
 
     class H(BaseHTTPRequestHandler):
-        def log_message(self, *a):  # noqa: ANN002
+        def log_message(self, *a):
             pass
 
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             n = int(self.headers["Content-Length"])
             seen.append(parse_qs(self.rfile.read(n).decode(), keep_blank_values=True))
             self.send_response(200)

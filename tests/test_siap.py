@@ -105,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         parts = urlsplit(self.path)
         with self.server.lock:
             self.server.hits.append((parts.path, parse_qs(parts.query)))

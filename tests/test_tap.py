@@ -279,7 +279,7 @@ def test_http_errors_say_what_the_service_said(tmp_path):
         def log_message(self, *args: object) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             code, body = bodies[self.path]
             self.send_response(code)
             self.send_header("Content-Length", str(len(body)))

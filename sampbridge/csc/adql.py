@@ -55,7 +55,7 @@ def identifier(name: str) -> str:
     return ".".join(out)
 
 
-def ra_dec_box(ra: float, dec: float, radius: float) -> tuple[tuple[float, float] | None,
+def ra_dec_box(ra: float, dec: float, radius: float) -> tuple[tuple[float, float],
                                                              list[tuple[float, float]]]:
     """Return the (dec range, RA ranges) that contain a cone; RA ranges lie in [0, 360].
 

@@ -57,11 +57,12 @@ class TimeoutSession(requests.Session):
         self.mount("http://", adapter)
         self.mount("https://", adapter)
 
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+    def request(self, method: str | bytes, url: str | bytes, *args: Any,
+                **kwargs: Any) -> requests.Response:
         """Send a request, adding the session's timeout when none is given."""
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
-        if not self._wants_gzip(url):
+        if not self._wants_gzip(url if isinstance(url, str) else url.decode("utf-8", "replace")):
             kwargs["headers"] = {"Accept-Encoding": "identity", **(kwargs.get("headers") or {})}
         return super().request(method, url, *args, **kwargs)
 
@@ -98,7 +99,7 @@ def raise_for_http(resp: requests.Response, what: str) -> None:
         return
     try:
         head = next(resp.iter_content(1 << 16), b"") or b""
-    except Exception:  # noqa: BLE001 - a body that cannot be read says nothing useful
+    except Exception:  # a body that cannot be read says nothing useful
         head = b""
     from .votable import error_text
 
@@ -217,7 +218,7 @@ def _host(url: str) -> str:
     return urlsplit(url).netloc or url
 
 
-def _short(exc: BaseException) -> str:
+def _short(exc: BaseException | str) -> str:
     text = str(exc)
     return text if len(text) < 300 else text[:297] + "..."
 

@@ -51,7 +51,7 @@ def translated(what: str, url: str) -> Iterator[None]:
                                      f"{unreachable_reason(cause)}", url=url) from None
         stated = _stated(cause)
         if stated is not None:
-            code = cause.response.status_code        # type: ignore[union-attr]
+            code = cause.response.status_code  # type: ignore[union-attr]  # _stated: it has one
             kind = QueryError if 400 <= code < 500 else ServiceError
             verb = "was rejected by the service" if kind is QueryError else "failed"
             raise kind(f"{what} {verb} (HTTP {code})", url=url, status=code,
@@ -67,7 +67,7 @@ def _stated(cause: BaseException | None) -> str | None:
         return None
     try:
         body = resp.content[:1 << 17]
-    except Exception:  # noqa: BLE001 - a body that cannot be read states nothing
+    except Exception:  # a body that cannot be read states nothing
         return None
     text = error_text(body)
     return None if text is None else (text if len(text) <= 400 else text[:397] + "...")

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import requests
 from pyvo.dal import SIAService
@@ -129,10 +130,10 @@ def _sep(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
     return math.degrees(math.acos(max(-1.0, min(1.0, c))))
 
 
-def _band(rec: object, title: str) -> str:
+def _band(rec: Any, title: str) -> str:        # rec: a pyvo SIAP record (untyped)
     for key in ("band", "cscband"):
         try:
-            value = rec[key]  # type: ignore[index]
+            value = rec[key]
         except (KeyError, IndexError, TypeError):
             continue
         if value is not None and str(value).strip():
@@ -141,10 +142,10 @@ def _band(rec: object, title: str) -> str:
     return m.group(1) if m else ""
 
 
-def _naxis(rec: object) -> tuple[int, ...]:
+def _naxis(rec: Any) -> tuple[int, ...]:      # rec: a pyvo SIAP record (untyped)
     try:
-        values = [int(v) for v in rec.naxis.value]  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - a row without usable axis lengths is still an image
+        values = [int(v) for v in rec.naxis.value]
+    except Exception:  # a row without usable axis lengths is still an image
         return ()
     return tuple(values) if values and all(v > 0 for v in values) else ()
 
@@ -258,10 +259,12 @@ class SiapService:
                 if not url:
                     continue
                 title = str(rec.title or "")
+                ra_i: float | None
+                dec_i: float | None
                 try:
                     pos = rec.pos
                     ra_i, dec_i = float(pos.ra.deg), float(pos.dec.deg)
-                except Exception:  # noqa: BLE001 - a record without a position is still usable
+                except Exception:  # a record without a position is still usable
                     ra_i = dec_i = None
                 fsize = getattr(rec, "filesize", None)
                 images.append(ImageInfo(url=str(url), title=title, format=str(rec.format or ""),
@@ -334,9 +337,9 @@ class SiapService:
         for img in self.rank(found, ra, dec, prefer_band):
             if len(result.downloaded) >= count or tries >= count + SPARE_TRIES:
                 break
-            why = self._too_large_by_row(img)
-            if why is not None:
-                result.skipped.append(self._over_cap(img, *why))
+            by_row = self._too_large_by_row(img)
+            if by_row is not None:
+                result.skipped.append(self._over_cap(img, *by_row))
                 continue
             tries += 1
             dest = dest_dir / (prefix + _file_name(img))
@@ -435,6 +438,6 @@ def _check_fits(path: Path, url: str) -> tuple[float, float] | None:
             y = (hdr.get("NAXIS2", 1) - 1) / 2.0
             ra, dec = w.all_pix2world([[x, y]], 0)[0]
             return float(ra), float(dec)
-    except Exception as exc:  # noqa: BLE001 - a FITS file without a usable WCS still loads
+    except Exception as exc:  # a FITS file without a usable WCS still loads
         log.debug("no WCS centre for %s: %s", path, exc)
         return None

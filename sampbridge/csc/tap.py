@@ -510,7 +510,7 @@ class TapClient:
         try:
             with self.session.delete(job_url, allow_redirects=False, timeout=timeout) as resp:
                 status = resp.status_code
-        except Exception as exc:  # noqa: BLE001 - a failed cleanup must not hide the result
+        except Exception as exc:  # a failed cleanup must not hide the result
             why = (f"no answer within {self.delete_timeout:g} s"
                    if isinstance(exc, requests.Timeout) else "the service is unreachable")
             log.warning("could not delete TAP job %s: %s", job_url, why)

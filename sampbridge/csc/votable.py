@@ -269,7 +269,9 @@ def read_table(source: Path | bytes) -> Table:
             use_names_over_ids=True)
 
 
-def summarize(path: Path | bytes, scan: StreamScan | None = None) -> VOTableSummary:
+# C901: one iterparse pass whose state (status, message, columns, rows, table depth) every
+# branch shares; split up, that state would have to travel between the pieces
+def summarize(path: Path | bytes, scan: StreamScan | None = None) -> VOTableSummary:  # noqa: C901
     """Scan ``path`` (a file, or a body held in memory) and return its :class:`VOTableSummary`.
 
     ``scan``, when given, is the :class:`StreamScan` that watched ``path`` being written: a

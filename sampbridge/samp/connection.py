@@ -76,7 +76,7 @@ def find_running_hub(timeout: float = 3.0) -> dict[str, str] | None:
         return None
     try:
         _timeout_proxy_class(timeout)(url, allow_none=1).samp.hub.ping()
-    except Exception:  # noqa: BLE001 - any failure means: no live hub there
+    except Exception:  # any failure means: no live hub there
         return None
     return params
 
@@ -135,7 +135,7 @@ class Message:
     def reply(self, response: dict[str, Any]) -> bool:
         """Send a raw response map once; return False if already replied or not a call."""
         with self._lock:
-            if not self.is_call or self._replied:
+            if self.msg_id is None or self._replied:     # not a call, or replied
                 return False
             self._replied = True
         return self._conn.reply(self.msg_id, response)
@@ -306,7 +306,7 @@ class HubConnection:
         if self._hub is not None:
             try:
                 self._hub.stop()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.warning("hub stop: %s", exc)
             self._hub = None
 
@@ -321,7 +321,7 @@ class HubConnection:
         c = self._client
         try:
             return c.get_public_id() if c is not None and self.connected else None
-        except Exception:  # noqa: BLE001
+        except Exception:
             return None
 
     # -- connection ---------------------------------------------------------------------
@@ -335,12 +335,12 @@ class HubConnection:
             try:
                 # each blocked call_and_wait holds one hub connection: keep enough for replies
                 client.connect(pool_size=64)
-            except Exception as exc:  # noqa: BLE001 - no hub yet is normal; try again later
+            except Exception as exc:  # no hub yet is normal; try again later
                 log.debug("SAMP connect failed: %s", exc)
                 try:
                     if client.client is not None and client.client.is_running:
                         client.client.stop()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
                 return False
             try:
@@ -351,7 +351,7 @@ class HubConnection:
                     client.bind_receive_call(mtype, self._wrap(handler, True), declare=False,
                                              metadata=md)
                 client.declare_subscriptions()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.warning("SAMP subscription failed: %s", exc)
                 self._client = client
                 self._drop(unregister=True)
@@ -369,7 +369,7 @@ class HubConnection:
         if self.on_connect:
             try:
                 self.on_connect()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("on_connect failed")
         return True
 
@@ -417,16 +417,16 @@ class HubConnection:
         try:
             if unregister and client.client is not None:
                 client.client.unregister()
-        except Exception as exc:  # noqa: BLE001 - a dead hub cannot be told goodbye
+        except Exception as exc:  # a dead hub cannot be told goodbye
             log.debug("unregister: %s", exc)
         try:
             if client.client is not None and client.client.is_running:
                 client.client.stop()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         try:
             client.hub.disconnect()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
     def _monitor_loop(self) -> None:
@@ -452,10 +452,12 @@ class HubConnection:
 
     def _ping(self) -> bool:
         c = self._client
+        if c is None:
+            return False
         try:
-            c.ping()  # type: ignore[union-attr]
+            c.ping()
             return True
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.debug("hub ping failed: %s", exc)
             return False
 
@@ -463,11 +465,11 @@ class HubConnection:
     def _wrap(self, handler: Handler, is_call: bool) -> Callable[..., None]:
         # pyvo.samp dispatches by argument count: 5 for notifications, 6 for calls
         if is_call:
-            def on_call(private_key, sender_id, msg_id, mtype, params, extra):  # noqa: ANN001
+            def on_call(private_key, sender_id, msg_id, mtype, params, extra):
                 self._dispatch(handler, sender_id, msg_id, mtype, params)
             return on_call
 
-        def on_notify(private_key, sender_id, mtype, params, extra):  # noqa: ANN001
+        def on_notify(private_key, sender_id, mtype, params, extra):
             self._dispatch(handler, sender_id, None, mtype, params)
         return on_notify
 
@@ -480,7 +482,7 @@ class HubConnection:
             msg.params = {"_raw": params}
         try:
             handler(msg)
-        except Exception as exc:  # noqa: BLE001 - a handler error becomes a reply, not a crash
+        except Exception as exc:  # a handler error becomes a reply, not a crash
             log.exception("handler for %s from %s failed", mtype, msg.sender_name)
             if msg.is_call:
                 msg.reply_error(f"sampbridge could not handle {mtype}: {exc}")
@@ -497,7 +499,7 @@ class HubConnection:
         try:
             c.reply(msg_id, response)
             return True
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.warning("reply to %s failed: %s", msg_id, exc)
             return False
 
@@ -505,10 +507,12 @@ class HubConnection:
         """Return a client's ``samp.name`` (cached), or its id."""
         name = self._names.get(client_id)
         if name is None:
+            if self._client is None:
+                return client_id
             try:
-                md = self._client.get_metadata(client_id)  # type: ignore[union-attr]
+                md = self._client.get_metadata(client_id)
                 name = str(md.get("samp.name") or client_id)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 return client_id
             self._names[client_id] = name
         return name
@@ -526,7 +530,7 @@ class HubConnection:
             gen = self._subs_gen
             try:
                 subscribed = list(c.get_subscribed_clients(mtype))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.warning("cannot list subscribers of %s: %s", mtype, exc)
                 return []
             with self._subs_lock:
@@ -555,7 +559,7 @@ class HubConnection:
             resp = c.call_and_wait(client_id, {"samp.mtype": mtype,
                                                "samp.params": _sampify(params)},
                                    str(int(max(1, self.call_timeout))))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._forget_subscribers()   # the client may be gone: ask the hub again next time
             return Delivery(client_id, name, False, str(exc))
         status = resp.get("samp.status") if isinstance(resp, dict) else None
@@ -576,7 +580,7 @@ class HubConnection:
             return Delivery(client_id, name, False, "not connected to a hub")
         try:
             c.notify(client_id, {"samp.mtype": mtype, "samp.params": _sampify(params)})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._forget_subscribers()
             return Delivery(client_id, name, False, str(exc))
         return Delivery(client_id, name, True)
@@ -603,7 +607,7 @@ class HubConnection:
                 return params
             try:
                 return params_for(name)
-            except Exception as exc:  # noqa: BLE001 - fall back to the common params
+            except Exception as exc:  # fall back to the common params
                 log.warning("cannot prepare %s for %s (%s); sending the common one", mtype,
                             name, exc)
                 return params

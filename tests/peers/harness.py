@@ -248,12 +248,12 @@ class _TimeoutTransport(xmlrpc.client.Transport):
         super().__init__()
         self._timeout = timeout
 
-    def make_connection(self, host):  # noqa: D102
+    def make_connection(self, host):
         conn = super().make_connection(host)
         conn.timeout = self._timeout
         return conn
 
-    def getparser(self):  # noqa: D102
+    def getparser(self):
         return get_safe_parser(self._use_datetime, self._use_builtin_types)
 
 
@@ -264,7 +264,7 @@ class _TimeoutHubProxy(SAMPHubProxy):
         super().__init__()
         self._rpc_timeout = timeout
 
-    def connect(self, hub=None, hub_params=None, pool_size=8):  # noqa: D102
+    def connect(self, hub=None, hub_params=None, pool_size=8):
         if hub_params is None:
             raise ValueError("harness clients always connect with explicit hub_params")
         self._connected = False
@@ -305,13 +305,13 @@ def connect_pyvo_client(
                 name=name, metadata=dict(metadata or {}), addr="127.0.0.1", callable=callable
             )
             cli.hub = _TimeoutHubProxy(rpc_timeout)
-        except Exception as e:  # noqa: BLE001 - hub not up yet, half-written lockfile, ...
+        except Exception as e:  # hub not up yet, half-written lockfile, ...
             last = e
             continue
         try:
             cli.connect(hub_params=params)
             return cli
-        except Exception as e:  # noqa: BLE001 - hub not answering yet
+        except Exception as e:  # hub not answering yet
             last = e
             disconnect_pyvo_client(cli)  # close the callback server socket / thread
     raise PeerError(f"could not register SAMP client {name!r} via {lockfile}: {last!r}")
@@ -331,7 +331,7 @@ def disconnect_pyvo_client(cli: samp.SAMPIntegratedClient) -> None:
                 if cli.client is not None and cli.client.is_registered:
                     cli.client.unregister()
             cli.hub.disconnect()
-    except Exception:  # noqa: BLE001 - hub already gone
+    except Exception:  # hub already gone
         with contextlib.suppress(Exception):
             if cli.client is not None and cli.client.is_running:
                 cli.client.stop(timeout=5)
@@ -367,7 +367,7 @@ def find_client_id(
             alive()
         try:
             ids = sorted(cli.get_registered_clients(), key=_id_order, reverse=True)
-        except Exception:  # noqa: BLE001 - hub restarting
+        except Exception:  # hub restarting
             continue
         last_seen = []
         for cid in ids:
@@ -386,7 +386,7 @@ def find_client_id(
                     if r.get("samp.status") != "samp.ok":
                         continue
                 return cid
-            except Exception:  # noqa: BLE001 - stale client, refused connection, ...
+            except Exception:  # stale client, refused connection, ...
                 continue
     raise PeerError(
         f"no live SAMP client named {samp_name!r} (subscribed to {list(need)}) "
@@ -457,7 +457,7 @@ class SampClient:
                 if self._responder
                 else {"samp.status": "samp.ok", "samp.result": {}}
             )
-        except Exception as e:  # noqa: BLE001 - report to the caller instead of hanging it
+        except Exception as e:  # report to the caller instead of hanging it
             resp = {"samp.status": "samp.error", "samp.error": {"samp.errortxt": repr(e)}}
         with contextlib.suppress(Exception):
             self.cli.reply(msg_id, resp)
@@ -1077,7 +1077,7 @@ class PeerStack:
             if self._client is not None:
                 try:
                     self._client.ping()
-                except Exception:  # noqa: BLE001 - hub restarted or gone
+                except Exception:  # hub restarted or gone
                     self._drop_observer()
             return self._connect_observer()
 
@@ -1231,13 +1231,13 @@ class PeerStack:
         for name in ("ds9", "topcat", "aladin"):
             try:
                 self._stop_peer(name)
-            except Exception as e:  # noqa: BLE001 - keep stopping the rest
+            except Exception as e:  # keep stopping the rest
                 errors.append(f"{name}: {e!r}")
         self._drop_observer()
         for name in ("hub", "xvfb"):
             try:
                 self._kill(name)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 errors.append(f"{name}: {e!r}")
         if self._own_xpa_dir:
             shutil.rmtree(self.xpa_dir, ignore_errors=True)

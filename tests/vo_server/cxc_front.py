@@ -960,7 +960,7 @@ class Handler(BaseHTTPRequestHandler):
         """The Server header."""
         return SERVER_NAME
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         if self.server.state.verbose:
             log(f"{self.address_string()} {format % args}")
 
@@ -1010,19 +1010,19 @@ class Handler(BaseHTTPRequestHandler):
         """303 See Other."""
         self.send(303, b"", "text/plain", {"Location": url})
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.dispatch()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self.dispatch()
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self.dispatch()
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self.dispatch()
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self.dispatch()
 
     def dispatch(self) -> None:
@@ -1045,7 +1045,7 @@ class Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.send(502, f"cxc_front: the DaCHS backend failed: {exc}\n".encode(),
                           "text/plain")
-        except Exception as exc:  # noqa: BLE001 - a test server must keep answering
+        except Exception as exc:  # a test server must keep answering
             log(f"error on {self.command} {self.path}: {exc!r}")
             with contextlib.suppress(OSError):
                 self.send(500, f"cxc_front internal error: {exc}\n".encode(), "text/plain")
@@ -1605,7 +1605,7 @@ def main(argv: list[str] | None = None) -> int:
         for stack, band in sorted(full):
             try:
                 images.get(stack, band)
-            except Exception as exc:  # noqa: BLE001 - made again on first use
+            except Exception as exc:  # made again on first use
                 log(f"could not prepare {stack} {band} yet: {exc}")
 
     threading.Thread(target=warm, daemon=True, name="warm-images").start()
