@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from . import __version__
 from .config import Config, ConfigError, load_config
-from .csc.errors import CSCError
+from .errors import SampBridgeError
 from .model import RequestError
 
 if TYPE_CHECKING:                   # imported where used: a query loads astropy, --help does not
@@ -321,7 +321,7 @@ def _tap_async(engine: Engine, req: TapRequest, dest: Path,
     deletes the job; a worker blocked in the network past ``_STOP_GRACE`` is left behind and
     the job is deleted from here.
     """
-    from .csc.tap import Cancelled
+    from .errors import Cancelled
 
     jobs: list[str] = []
     box: dict[str, object] = {}
@@ -355,7 +355,7 @@ def _tap_async(engine: Engine, req: TapRequest, dest: Path,
 def _stop_tap(engine: Engine, done: threading.Event, box: dict[str, object], jobs: list[str],
               dest: Path) -> str:
     """Make sure a stopped async query's job is gone; return what to add to "stopped"."""
-    from .csc.tap import Cancelled
+    from .errors import Cancelled
 
     if done.wait(_STOP_GRACE):
         err = box.get("error")
@@ -430,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:        # check-config lists every error of the file
             print(f"sampbridge: error: {problem}", file=sys.stderr)
         return 2
-    except (RequestError, CSCError) as exc:
+    except SampBridgeError as exc:
         print(f"sampbridge: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, RequestError) else 1
     except KeyboardInterrupt:

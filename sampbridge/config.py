@@ -15,10 +15,12 @@ from typing import Any
 
 import yaml
 
+from .errors import SampBridgeError
+
 __all__ = ["Setting", "SETTINGS", "Config", "ConfigError", "load_config", "default_results_dir"]
 
 
-class ConfigError(ValueError):
+class ConfigError(SampBridgeError, ValueError):
     """A configuration problem, with the file, line and key it concerns."""
 
     def __init__(self, message: str, path: str | None = None, line: int | None = None,

@@ -31,10 +31,19 @@ from .engine import (
     ensure_private_dir,
     tabledata_copy,
 )
+from .errors import Cancelled, SampBridgeError
 from .flow import Coalescer, EchoGuard, separation_deg
 from .folder import FileOutcome, QueryFolder
 from .imagein import ImageError, footprint_cone, read_fits_header
-from .model import ConeRequest, RequestError, SiapRequest, TapRequest, _show, parse_position
+from .model import (
+    ConeRequest,
+    RequestError,
+    SiapRequest,
+    TapRequest,
+    _show,
+    opt_float,
+    parse_position,
+)
 from .overlay import (
     SourceEllipse,
     aladin_script,
@@ -113,7 +122,7 @@ def _recipients(outcomes: list[Delivery]) -> str:
 
 
 def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, (CSCError, RequestError)):
+    if isinstance(exc, SampBridgeError):
         return str(exc)
     return f"internal error ({exc.__class__.__name__}: {exc})"
 
@@ -172,7 +181,7 @@ def read_ellipses(path: Path) -> list[SourceEllipse]:
 
 
 def _debug_text(exc: BaseException) -> str | None:
-    if isinstance(exc, CSCError):
+    if isinstance(exc, (CSCError, Cancelled)):
         parts = [f"url={exc.url}" if exc.url else "", f"http={exc.status}" if exc.status else ""]
         return " ".join(p for p in parts if p) or None
     return None
@@ -596,7 +605,7 @@ class Daemon:
             self._deliver_table(table, f"image {label}")
             if overlays and verb == OVERLAY_VERB:
                 self._send_overlay(table.path, overlays, f"image {label}", None)
-        except (CSCError, RequestError) as exc:
+        except SampBridgeError as exc:
             self._refuse_or_fail(msg, exc, accepted)
         except OSError as exc:
             self._refuse_or_fail(msg, RequestError(f"file error: {exc}"), accepted)
@@ -868,9 +877,7 @@ class Daemon:
         name = _text_param(p, "name") or Path(url.rstrip("/")).name or "table"
         radius = mode = None
         if "radius" in p:
-            from .model import _opt_float
-
-            radius = _opt_float(p, "radius", self.cfg["match.radius"], 0.0, 3600.0, "arcsec")
+            radius = opt_float(p, "radius", self.cfg["match.radius"], 0.0, 3600.0, "arcsec")
         if "mode" in p:
             if not isinstance(p["mode"], str):
                 raise RequestError(f"'mode' must be best or all, not {_kind(p['mode'])}")
@@ -989,7 +996,7 @@ class Daemon:
                 else:
                     msg.reply_ok({"status": "done", "url": urls[0] if urls else "",
                                   "urls": urls, "rows": len(urls), "sent-to": sent})
-        except (CSCError, RequestError) as exc:
+        except SampBridgeError as exc:
             self._refuse(msg, exc)
         except OSError as exc:
             self._refuse(msg, RequestError(f"file error: {exc}"))

@@ -24,7 +24,8 @@ from .config import Config
 from .csc import http
 from .csc.cone import ConeService, verb_for
 from .csc.errors import CSCError
-from .csc.siap import ImageInfo, SiapService, safe_name
+from .csc.names import safe_name
+from .csc.siap import ImageInfo, SiapService
 from .csc.tap import TapClient, learnt, no_upload, refuses_upload
 from .match import (
     Matches,

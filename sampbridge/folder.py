@@ -47,10 +47,9 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from .csc.errors import CSCError
-from .csc.siap import safe_name
-from .csc.tap import Cancelled
+from .csc.names import safe_name
 from .engine import Engine, ImageResult, TableResult, ensure_private_dir
+from .errors import Cancelled, SampBridgeError
 from .model import ConeRequest, RequestError, SiapRequest, TapRequest
 from .queryfiles import (
     TABLE_SUFFIXES,
@@ -538,7 +537,7 @@ class QueryFolder:
                 log.info("%s: interrupted by shutdown; it stays and runs at the next start",
                          show_name(path.name))
                 return
-            except (RequestError, CSCError, OSError) as exc:
+            except (SampBridgeError, OSError) as exc:
                 if plan.staged:             # a list's first results are kept
                     try:
                         self._finish(path, key, None, "", None, plan.staged)
@@ -647,7 +646,7 @@ class QueryFolder:
                                                 radius_arcsec=req.radius, mode=req.mode)
             except Cancelled:
                 raise
-            except (RequestError, CSCError) as exc:
+            except SampBridgeError as exc:
                 where = f"request {i} ({fr.kind})" if len(requests) > 1 else fr.kind
                 kept = f"; results of requests 1-{i - 1} are in done/" if i > 1 else ""
                 raise QueryFileError(f"{path.name}: {where}: {exc}{kept}") from None

@@ -26,10 +26,9 @@ from astropy.coordinates import angular_separation
 from astropy.table import Table, vstack
 
 from ._astropy import quiet_astropy
-from .csc import http
 from .csc.adql import cone_query, identifier, pair_condition
 from .csc.cone import ConeService
-from .csc.errors import QueryError, ResultTooLarge
+from .csc.errors import QueryError
 from .csc.tap import TapClient
 from .csc.votable import check_body, overflowed, read_table
 
@@ -129,23 +128,6 @@ def plan_cones(ra: np.ndarray, dec: np.ndarray, rows: np.ndarray, radius: float,
     return plan
 
 
-def _fetch_cone(svc: ConeService, ra: float, dec: float, sr: float, verb: int
-                ) -> tuple[bytes, str]:
-    """Download one cone's VOTable (on a worker thread: network only), within the size cap."""
-    params = svc.params(ra, dec, sr, verb)
-    resp = http.request(svc.session, "GET", svc.url, "cone search", retries=svc.retries,
-                        params=params, stream=True)
-    with resp:
-        http.raise_for_http(resp, "cone search")
-        body = bytearray()
-        for chunk in resp.iter_content(1 << 20):
-            body += chunk
-            if len(body) > svc.max_bytes:
-                raise ResultTooLarge(f"cone search: the result is over the cap of "
-                                     f"{svc.max_bytes:,} bytes", url=resp.url)
-        return bytes(body), resp.url
-
-
 def _fetch_tap_cone(src: TapCones, ra: float, dec: float, sr: float,
                     columns: Sequence[str]) -> tuple[bytes, str]:
     """Run one ADQL cone (on a worker thread: network only); a box is cut by the caller."""
@@ -219,7 +201,7 @@ def match_by_cones(svc: ConeService | TapCones, ra: np.ndarray, dec: np.ndarray,
         rc, dc, sr, _ = item
         if isinstance(svc, TapCones):
             return _fetch_tap_cone(svc, rc, dc, sr, columns)
-        return _fetch_cone(svc, rc, dc, sr, verb)
+        return svc.fetch_body(rc, dc, sr, verb)   # on a worker thread: network only
 
     def one(item: tuple[float, float, float, np.ndarray], body: bytes, url: str
             ) -> tuple[np.ndarray, Table, np.ndarray]:

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Config
+from .errors import SampBridgeError
 
 __all__ = [
     "RequestError",
+    "opt_float",
     "ConeRequest",
     "SiapRequest",
     "TapRequest",
@@ -24,7 +26,7 @@ __all__ = [
 ]
 
 
-class RequestError(ValueError):
+class RequestError(SampBridgeError, ValueError):
     """A request that cannot run; the message is a sentence a person can act on."""
 
 
@@ -93,8 +95,28 @@ def parse_position(params: Mapping[str, Any]) -> tuple[float, float]:
     return parse_ra(params["ra"]), parse_dec(params["dec"])
 
 
-def _opt_float(params: Mapping[str, Any], key: str, default: float, lo: float, hi: float,
-               unit: str = "degrees") -> float:
+def opt_float(params: Mapping[str, Any], key: str, default: float, lo: float, hi: float,
+              unit: str = "degrees") -> float:
+    """Return the number ``params[key]`` in ``(lo, hi]``, or ``default`` when it is not given.
+
+    Parameters
+    ----------
+    params : mapping
+        A request's parameters (SAMP params, a query file's entry).
+    key : str
+        The parameter's name, as the sentence of a refusal names it.
+    default : float
+        The value when ``key`` is absent, ``None`` or empty.
+    lo, hi : float
+        The value must be greater than ``lo`` and at most ``hi``.
+    unit : str, optional
+        The unit a refusal names.
+
+    Raises
+    ------
+    RequestError
+        When the value is not a finite number in range.
+    """
     if key not in params or params[key] in (None, ""):
         return default
     x = _number(key, params[key], f" of {unit}")
@@ -144,7 +166,7 @@ class ConeRequest:
         if strict:
             _check_keys(params, {"ra", "dec", "radius", "verb"}, "a cone")
         ra, dec = parse_position(params)
-        radius = _opt_float(params, "radius", cfg["cone.radius"], 0.0, cfg["cone.max_radius"])
+        radius = opt_float(params, "radius", cfg["cone.radius"], 0.0, cfg["cone.max_radius"])
         verb = _opt_int(params, "verb", cfg["cone.verb"], (1, 2, 3))
         return cls(ra, dec, radius, int(verb or 2))
 
@@ -162,7 +184,7 @@ class SiapRequest:
         """Build from a parameter map (``ra``, ``dec``, optional ``size``)."""
         _check_keys(params, {"ra", "dec", "size"}, "an image query")
         ra, dec = parse_position(params)
-        return cls(ra, dec, _opt_float(params, "size", cfg["images.size"], 0.0, 10.0))
+        return cls(ra, dec, opt_float(params, "size", cfg["images.size"], 0.0, 10.0))
 
 
 @dataclass(frozen=True)

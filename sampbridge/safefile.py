@@ -17,6 +17,8 @@ import os
 import stat
 from pathlib import Path
 
+from .errors import SampBridgeError
+
 __all__ = ["FileRefused", "FileMissing", "read_regular", "check_regular", "copy_regular"]
 
 _CHUNK = 1 << 20
@@ -27,7 +29,7 @@ _KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a named pipe (FIFO
           (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
 
 
-class FileRefused(Exception):
+class FileRefused(SampBridgeError):
     """A file that is not read; the message is one sentence that names it."""
 
 

@@ -21,7 +21,7 @@ from astropy.table import Table
 from ._astropy import quiet_astropy
 from .csc import http
 from .csc.errors import CSCError, ServiceTimeout
-from .csc.siap import safe_name
+from .csc.names import safe_name
 from .model import RequestError
 from .safefile import FileMissing, FileRefused, read_regular
 

@@ -32,6 +32,9 @@ $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore -e "
 echo "[run_all] python package installed after $((SECONDS - t0)) s"
 $PY -m ruff check .
 $PY -m mypy sampbridge
+# the layer contracts of pyproject.toml [tool.importlinter] (docs/design.md, "Layers"); import-linter
+# has no "python -m" entry, so its script is run from the scripts folder of the tests' Python
+"$($PY -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/lint-imports" --no-cache
 # The README's install lines, proven in a fresh environment on the stock Debian Python (where
 # "pip install ." meets PEP 668), apart from the editable install above. Kept equal to README.md's
 # "Install and run" block by tests/test_install.py; "sampbridge run" becomes --version and

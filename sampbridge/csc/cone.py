@@ -14,6 +14,7 @@ from pathlib import Path
 import requests
 
 from . import http
+from .errors import ResultTooLarge
 from .votable import StreamScan, VOTableSummary, check_result
 
 __all__ = ["ConeResult", "ConeService", "VERB_COLUMNS", "verb_for"]
@@ -90,6 +91,35 @@ class ConeService:
         """Return the query parameters for a cone."""
         return {"RA": repr(float(ra)), "DEC": repr(float(dec)), "SR": repr(float(radius)),
                 "VERB": str(int(verb))}
+
+    def fetch_body(self, ra: float, dec: float, radius: float, verb: int = 2
+                   ) -> tuple[bytes, str]:
+        """Download one cone's VOTable into memory, within the size cap.
+
+        Network only, no parsing: a match runs many of these on worker threads and parses the
+        bodies on its own thread (see :mod:`sampbridge.match`).
+
+        Returns
+        -------
+        tuple of (bytes, str)
+            The body and the URL it came from.
+
+        Raises
+        ------
+        sampbridge.csc.CSCError
+            On any failure, :class:`ResultTooLarge` over ``max_bytes``.
+        """
+        resp = http.request(self.session, "GET", self.url, "cone search", retries=self.retries,
+                            params=self.params(ra, dec, radius, verb), stream=True)
+        with resp:
+            http.raise_for_http(resp, "cone search")
+            body = bytearray()
+            for chunk in resp.iter_content(1 << 20):
+                body += chunk
+                if len(body) > self.max_bytes:
+                    raise ResultTooLarge(f"cone search: the result is over the cap of "
+                                         f"{self.max_bytes:,} bytes", url=resp.url)
+            return bytes(body), resp.url
 
     def query_to_file(self, ra: float, dec: float, radius: float, dest: Path,
                       verb: int = 2) -> ConeResult:

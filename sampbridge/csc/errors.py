@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import SampBridgeError
+
 __all__ = [
     "CSCError",
     "ServiceError",
@@ -12,7 +14,7 @@ __all__ = [
 ]
 
 
-class CSCError(Exception):
+class CSCError(SampBridgeError):
     """Base class of every error raised by the query layer.
 
     Parameters

@@ -29,6 +29,7 @@ from pyvo.dal import SIAService
 from .._astropy import quiet_astropy
 from . import http
 from .errors import CSCError, ResultTooLarge, ServiceError
+from .names import safe_name  # re-exported: the name of an image file
 from .pyvo_errors import translated
 
 __all__ = ["ImageInfo", "SiapResult", "SiapService", "is_fits", "normal_band", "retry_size",
@@ -48,12 +49,6 @@ IMAGE_CHUNK = 1 << 16
 _HEADER_SCAN = 2880 * 36
 #: how many image URLs refused for their size are remembered
 _REFUSED_KEPT = 256
-
-
-def safe_name(text: str, limit: int = 80) -> str:
-    """Return ``text`` as a file-name part that cannot leave its folder."""
-    name = re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("._")
-    return (name or "result")[:limit]
 
 
 def normal_band(text: object) -> str:

@@ -25,6 +25,7 @@ from pyvo.dal import TAPService
 from pyvo.dal.tap import AsyncTAPJob
 
 from .._astropy import quiet_astropy
+from ..errors import Cancelled
 from . import http
 from .adql import DIALECTS, cone_query
 from .errors import CSCError, QueryError, ResultTooLarge, ServiceError, ServiceTimeout
@@ -146,16 +147,6 @@ def forget(url: str) -> None:
     with _LEARNT.lock:
         _LEARNT.dialect.pop(url, None)
         _LEARNT.no_upload.discard(url)
-
-
-class Cancelled(CSCError):
-    """The query was cancelled by its caller (e.g. at shutdown); its job was deleted.
-
-    ``job_deleted`` says whether the service confirmed the deletion (``None`` when no job
-    was made).
-    """
-
-    job_deleted: bool | None = None
 
 
 @dataclass

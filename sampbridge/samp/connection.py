@@ -24,6 +24,7 @@ from pyvo.samp.hub_proxy import SAMPHubProxy
 from pyvo.samp.lockfile_helpers import read_lockfile
 from pyvo.samp.utils import SAMPXXEServerProxy, ServerProxyPool
 
+from ..errors import SampBridgeError
 from .hub import Hub
 
 __all__ = ["Message", "Delivery", "HubConnection", "HubUnavailable", "lockfile_path",
@@ -35,7 +36,7 @@ psamp.conf.use_internet = False  # never probe an internet host to pick a callba
 Handler = Callable[["Message"], None]
 
 
-class HubUnavailable(RuntimeError):
+class HubUnavailable(SampBridgeError, RuntimeError):
     """No usable SAMP hub."""
 
 
