@@ -65,8 +65,13 @@ MTYPE_TAP = "x-sampbridge.query.tap"
 MTYPE_MATCH = "x-sampbridge.match.table"
 #: The VERB level whose cone has the error ellipses (``err_ellipse_r1``, ``err_ellipse_ang``).
 OVERLAY_VERB = 3
-#: Arcsec within which a position repeated within pointat.quiet is the same click.
+#: Arcsec within which a position repeated soon after is the same click.
 SAME_POSITION_ARCSEC = 0.1
+#: Seconds (at least; ``pointat.quiet`` if longer) within which a repeated position is the same
+#: click.  TOPCAT's highlight of a row can trail its pointAt by more than the 0.3 s quiet spell
+#: when sampbridge reads the table's positions for the first time on a loaded machine (seen in
+#: CI, on the pyvo hub); the first message already answers both.
+SAME_CLICK_SECONDS = 2.0
 _ELLIPSE_COLUMNS = ["name", "ra", "dec", "err_ellipse_r0", "err_ellipse_r1", "err_ellipse_ang"]
 
 
@@ -328,14 +333,15 @@ class Daemon:
 
         One click often comes twice: TOPCAT sends coord.pointAt.sky and table.highlight.row
         for a row, and a viewer may pass on another's position.  A repeat within
-        ``pointat.quiet`` seconds would supersede the first, which already runs at once (the
-        leading edge), and hold the answer back by the quiet spell: it is answered by the
-        first instead.
+        :data:`SAME_CLICK_SECONDS` (or ``pointat.quiet`` if longer) would supersede the first,
+        which already runs at once (the leading edge), and hold the answer back by the quiet
+        spell: it is answered by the first instead.
         """
         now = time.monotonic()
         with self._click_lock:
             last, self._last_click = self._last_click, (ra, dec, now)
-        if last is not None and now - last[2] <= self.cfg["pointat.quiet"] and \
+        window = max(self.cfg["pointat.quiet"], SAME_CLICK_SECONDS)
+        if last is not None and now - last[2] <= window and \
                 separation_deg(ra, dec, last[0], last[1]) * 3600.0 <= SAME_POSITION_ARCSEC:
             log.info("%s from %s: the position just received; answered once", msg.mtype,
                      msg.sender_name)
