@@ -41,7 +41,7 @@ from .model import (
     SiapRequest,
     TapRequest,
     _show,
-    opt_float,
+    match_options,
     parse_position,
 )
 from .overlay import (
@@ -881,15 +881,7 @@ class Daemon:
             raise TableError("the message has no table 'url'")
         table_id = _text_param(p, "table-id") or url
         name = _text_param(p, "name") or Path(url.rstrip("/")).name or "table"
-        radius = mode = None
-        if "radius" in p:
-            radius = opt_float(p, "radius", self.cfg["match.radius"], 0.0, 3600.0, "arcsec")
-        if "mode" in p:
-            if not isinstance(p["mode"], str):
-                raise RequestError(f"'mode' must be best or all, not {_kind(p['mode'])}")
-            if p["mode"] not in ("best", "all"):
-                raise RequestError(f"'mode' must be best or all, not {_show(p['mode'])}")
-            mode = p["mode"]
+        radius, mode = match_options(p)       # the same check as a query file's match
         return MatchJob(url.strip(), table_id, name, rows, radius, mode)
 
     def _on_table_load(self, msg: Message) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "parse_ra",
     "parse_dec",
     "parse_position",
+    "match_options",
 ]
 
 
@@ -124,6 +125,35 @@ def opt_float(params: Mapping[str, Any], key: str, default: float, lo: float, hi
         raise RequestError(f"'{key}' must be greater than {lo:g} and at most {hi:g} {unit}, "
                            f"not {_show(params[key])}")
     return x
+
+
+def match_options(params: Mapping[str, Any]) -> tuple[float | None, str | None]:
+    """Return a table match's ``(radius, mode)`` from its parameters (``None``: the default).
+
+    The one check of a match's options, whichever door the request came through (a SAMP
+    message or a query file), so that both give the same sentence.
+
+    Parameters
+    ----------
+    params : mapping
+        The request's parameters; ``radius`` in arcsec (greater than 0, at most 3600) and
+        ``mode`` (``best`` or ``all``) are optional.
+
+    Raises
+    ------
+    RequestError
+        For a radius that is not a positive finite number of arcsec, or another mode.
+    """
+    radius = None
+    if params.get("radius") not in (None, ""):
+        radius = opt_float(params, "radius", 0.0, 0.0, 3600.0, "arcsec")
+    mode = params.get("mode")
+    if mode is not None and (not isinstance(mode, str) or mode not in ("best", "all")):
+        shown = _show(mode) if isinstance(mode, str) else \
+            ("a list" if isinstance(mode, list) else "a map" if isinstance(mode, dict)
+             else _show(mode))
+        raise RequestError(f"'mode' must be best or all, not {shown}")
+    return radius, mode
 
 
 def _opt_int(params: Mapping[str, Any], key: str, default: int | None,

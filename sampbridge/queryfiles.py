@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from .config import MAX_YAML_BYTES, Config, YAMLRefused, compose_strict, plain_value
-from .model import ConeRequest, RequestError, SiapRequest, TapRequest, _show
+from .model import ConeRequest, RequestError, SiapRequest, TapRequest, _show, match_options
 from .safefile import FileMissing, FileRefused, check_regular, read_regular
 
 __all__ = ["QueryFileError", "MatchFileRequest", "FileRequest", "parse_query_file",
@@ -210,10 +210,7 @@ def _one_yaml(path: Path, node: yaml.Node, cfg: Config, where: str,
             table = params.get("table")
             if not isinstance(table, str) or not table.strip():
                 raise RequestError("'table' is missing: give the table file to match")
-            mode = params.get("mode")
-            if mode not in (None, "best", "all"):
-                raise RequestError(f"'mode' must be best or all, not {_show(mode)}")
-            radius = float(params["radius"]) if params.get("radius") is not None else None
+            radius, mode = match_options(params)    # the same check as a SAMP match's
             tpath = _table_path(path, table, root, cfg)
             req = MatchFileRequest(tpath, name or tpath.stem, radius, mode, root)
     except (RequestError, ValueError) as exc:

@@ -21,6 +21,10 @@ CONE, SIAP, TAP, MATCH = ("x-sampbridge.query.cone", "x-sampbridge.query.siap",
                           "x-sampbridge.query.tap", "x-sampbridge.match.table")
 TLOAD = "table.load.votable"
 
+RADIUS_RANGE = "'radius' must be greater than 0 and at most 3600 arcsec, not '-5'"
+RADIUS_NAN = "'radius' must be a finite number of arcsec, not 'nan'"
+MODE_WORDS = "'mode' must be best or all, not 'near'"
+
 #: (kind, what, expected words in the error)
 MATRIX: list[tuple[str, object, str]] = [
     # SAMP messages and parameters
@@ -63,6 +67,10 @@ MATRIX: list[tuple[str, object, str]] = [
     ("call", (TLOAD, {"url": "{tmp}/notatable.vot"}), "not a readable table"),
     ("call", (TLOAD, {"url": "{tmp}/nopos.csv"}), "no position columns found"),
     ("call", (MATCH, {"url": "{tmp}/nopos.csv", "radius": "zero"}), "'radius' must be a"),
+    # one request model: the same bad match options get the same sentence through every door
+    ("call", (MATCH, {"url": "{tmp}/nopos.csv", "radius": "-5"}), RADIUS_RANGE),
+    ("call", (MATCH, {"url": "{tmp}/nopos.csv", "radius": "nan"}), RADIUS_NAN),
+    ("call", (MATCH, {"url": "{tmp}/nopos.csv", "mode": "near"}), MODE_WORDS),
     # query files
     ("file", ("bad.yaml", "cone: {ra: 1, dec: [\n"), "not valid YAML"),
     ("file", ("key.yaml", "cone: {ra: 1, dec: 2}\nfoo: 1\n"), "unknown key 'foo'"),
@@ -71,6 +79,9 @@ MATRIX: list[tuple[str, object, str]] = [
     ("file", ("opt.sql", "-- maxrecs: 5\nSELECT 1 AS x FROM csc21.master_source\n"),
      "unknown option 'maxrecs'"),
     ("file", ("t.csv", "a,b\n1,2\n"), "no position columns found"),
+    ("file", ("r5.yaml", "match: {table: t.csv, radius: -5}\n"), RADIUS_RANGE),
+    ("file", ("rnan.yaml", "match: {table: t.csv, radius: .nan}\n"), RADIUS_NAN),
+    ("file", ("near.yaml", "match: {table: t.csv, mode: near}\n"), MODE_WORDS),
     # hostile query files (issue 11): escapes, bombs, tags, special files, other encodings
     ("file", ("bomb.yaml", BOMB_LEVELS + "\ncone: {ra: *i, dec: 1}\n"), "YAML aliases"),
     ("file", ("tag.yaml", "cone: {ra: !custom 1, dec: 2}\n"), "YAML tags such as !custom"),
