@@ -37,6 +37,7 @@ from .match import (
     match_by_upload,
 )
 from .model import ConeRequest, SiapRequest, TapRequest
+from .safefile import ensure_private_dir
 from .tables import TableError, positions
 
 __all__ = ["TableResult", "MatchResult", "ImageResult", "Engine", "ensure_private_dir",
@@ -101,32 +102,6 @@ def tabledata_copy(path: Path) -> Path:
     finally:
         part.unlink(missing_ok=True)
     return dest
-
-
-def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` and its missing parents as private folders (0700); return ``path``.
-
-    Only the folders made here are made private: a folder that exists keeps its mode, since
-    it may be the user's (a shared 1777 folder, say).
-
-    Raises
-    ------
-    OSError
-        When a folder cannot be made, or ``path`` exists and is not a folder.
-    """
-    missing = []
-    p = path
-    while not p.exists() and p != p.parent:
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            d.mkdir(mode=0o700)
-        except FileExistsError:
-            continue                    # made meanwhile by someone else: not ours to change
-        os.chmod(d, 0o700)              # exactly 0700, whatever the umask
-    path.mkdir(mode=0o700, exist_ok=True)   # raises when path is a file
-    return path
 
 
 def _new_id(kind: str) -> str:

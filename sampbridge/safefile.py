@@ -19,7 +19,8 @@ from pathlib import Path
 
 from .errors import SampBridgeError
 
-__all__ = ["FileRefused", "FileMissing", "read_regular", "check_regular", "copy_regular"]
+__all__ = ["FileRefused", "FileMissing", "read_regular", "check_regular", "copy_regular",
+           "ensure_private_dir"]
 
 _CHUNK = 1 << 20
 _FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
@@ -252,3 +253,29 @@ def copy_regular(path: Path | str, dest: Path | str, max_bytes: int,
     finally:
         os.close(fd)
     return total
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` and its missing parents as private folders (0700); return ``path``.
+
+    Only the folders made here are made private: a folder that exists keeps its mode, since
+    it may be the user's (a shared 1777 folder, say).
+
+    Raises
+    ------
+    OSError
+        When a folder cannot be made, or ``path`` exists and is not a folder.
+    """
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            continue                    # made meanwhile by someone else: not ours to change
+        os.chmod(d, 0o700)              # exactly 0700, whatever the umask
+    path.mkdir(mode=0o700, exist_ok=True)   # raises when path is a file
+    return path

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .safefile import ensure_private_dir
+
 __all__ = ["PLATFORMS", "ServiceError", "command", "launchd_plist", "run", "systemd_unit",
            "target"]
 
@@ -173,19 +175,12 @@ def launchd_plist(argv: list[str], log: Path) -> bytes:
 
 def _make_private_dirs(path: Path) -> None:
     """Create ``path`` and its missing parents 0700; folders that exist keep their mode."""
-    missing = []
     p = path
     while not p.exists() and p != p.parent:
-        missing.append(p)
         p = p.parent
     if not p.is_dir():
         raise ServiceError(f"{p} is not a folder; move it away and install again")
-    for d in reversed(missing):
-        try:
-            d.mkdir(mode=0o700)
-        except FileExistsError:
-            continue                    # made meanwhile by someone else: not ours to change
-        os.chmod(d, 0o700)              # exactly 0700, whatever the umask
+    ensure_private_dir(path)
 
 
 def _write_private(path: Path, data: bytes) -> None:
