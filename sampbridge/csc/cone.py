@@ -14,7 +14,6 @@ from pathlib import Path
 import requests
 
 from . import http
-from .errors import ResultTooLarge
 from .votable import StreamScan, VOTableSummary, check_result
 
 __all__ = ["ConeResult", "ConeService", "VERB_COLUMNS", "verb_for"]
@@ -113,13 +112,7 @@ class ConeService:
                             params=self.params(ra, dec, radius, verb), stream=True)
         with resp:
             http.raise_for_http(resp, "cone search")
-            body = bytearray()
-            for chunk in resp.iter_content(1 << 20):
-                body += chunk
-                if len(body) > self.max_bytes:
-                    raise ResultTooLarge(f"cone search: the result is over the cap of "
-                                         f"{self.max_bytes:,} bytes", url=resp.url)
-            return bytes(body), resp.url
+            return http.read_capped(resp, "cone search", self.max_bytes), resp.url
 
     def query_to_file(self, ra: float, dec: float, radius: float, dest: Path,
                       verb: int = 2) -> ConeResult:

@@ -223,6 +223,23 @@ def _short(exc: BaseException | str) -> str:
     return text if len(text) < 300 else text[:297] + "..."
 
 
+def read_capped(resp: requests.Response, what: str, max_bytes: int) -> bytes:
+    """Read a streamed response body into memory, refusing it past ``max_bytes``.
+
+    Raises
+    ------
+    ResultTooLarge
+        As soon as the body goes over ``max_bytes``.
+    """
+    body = bytearray()
+    for chunk in resp.iter_content(_CHUNK):
+        body += chunk
+        if len(body) > max_bytes:
+            raise ResultTooLarge(f"{what}: the result is over the cap of {max_bytes:,} bytes",
+                                 url=resp.url)
+    return bytes(body)
+
+
 def download(session: requests.Session, url: str, dest: Path, *, what: str,
              max_bytes: int, method: str = "GET", params: Mapping[str, Any] | None = None,
              data: Any = None, retries: int = 0,

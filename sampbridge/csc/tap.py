@@ -28,7 +28,7 @@ from .._astropy import quiet_astropy
 from ..errors import Cancelled
 from . import http
 from .adql import DIALECTS, cone_query
-from .errors import CSCError, QueryError, ResultTooLarge, ServiceError, ServiceTimeout
+from .errors import CSCError, QueryError, ServiceError, ServiceTimeout
 from .pyvo_errors import translated
 from .votable import StreamScan, VOTableSummary, check_body, check_result, nulls_kept
 
@@ -360,15 +360,10 @@ class TapClient:
                             data=data, files=files)
         with resp:
             http.raise_for_http(resp, what)
-            body = bytearray()
-            for chunk in resp.iter_content(1 << 20):
-                body += chunk
-                if len(body) > self.max_bytes:
-                    raise ResultTooLarge(f"{what}: the result is over the cap of "
-                                         f"{self.max_bytes:,} bytes", url=resp.url)
+            body = http.read_capped(resp, what, self.max_bytes)
             url = resp.url
-        check_body(bytes(body), url, what)
-        return bytes(body)
+        check_body(body, url, what)
+        return body
 
     def sync_to_file(self, adql: str, dest: Path, maxrec: int | None = None) -> TapResult:
         """Run ``adql`` on ``/sync`` and stream the VOTable to ``dest``."""
