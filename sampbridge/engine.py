@@ -12,8 +12,9 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, ClassVar, overload
 
 import numpy as np
 from astropy.table import Table
@@ -37,11 +38,16 @@ from .match import (
     match_by_upload,
 )
 from .model import ConeRequest, SiapRequest, TapRequest
+from .queryfiles import MatchFileRequest
+from .results import ImageResult, MatchResult, TableResult, tabledata_copy
 from .safefile import ensure_private_dir
-from .tables import TableError, positions
+from .tables import TableError, positions, read_table
 
-__all__ = ["TableResult", "MatchResult", "ImageResult", "Engine", "ensure_private_dir",
-           "cone_title"]
+__all__ = ["TableResult", "MatchResult", "ImageResult", "Engine", "Request", "ensure_private_dir",
+           "cone_title", "tabledata_copy"]
+
+#: Every request :meth:`Engine.run` takes.
+Request = ConeRequest | SiapRequest | TapRequest | MatchFileRequest
 
 _counter = itertools.count(1)
 log = logging.getLogger(__name__)
@@ -73,37 +79,6 @@ def _write_votable(table: Table, dest: Path, name: str) -> None:
         part.unlink(missing_ok=True)
 
 
-def tabledata_copy(path: Path) -> Path:
-    """Return a TABLEDATA version of the VOTable at ``path``: itself, or a copy beside it.
-
-    Some table viewers (DS9 8.4) load a BINARY VOTable as an empty catalog.  The copy keeps
-    the document as it is (INFO, FIELD units and UCDs) and only re-encodes the table data;
-    it is written once, atomically, as ``<stem>.tabledata.vot``.
-    """
-    with open(path, "rb") as fh:
-        head = fh.read(1 << 16)
-    if b"BINARY" not in head:
-        return path
-    dest = path.with_name(path.stem + ".tabledata.vot")
-    if dest.exists() and dest.stat().st_mtime >= path.stat().st_mtime:
-        return dest
-    part = dest.with_name(dest.name + f".{threading.get_ident()}.part")
-    try:
-        with quiet_astropy():
-            from astropy.io.votable import parse
-
-            vot = parse(str(path), verify="ignore")
-            for table in vot.iter_tables():
-                table.format = "tabledata"
-            with open(part, "wb") as fh:
-                # the Python writer: see _write_votable
-                vot.to_xml(fh, tabledata_format="tabledata", _debug_python_based_parser=True)
-        os.replace(part, dest)
-    finally:
-        part.unlink(missing_ok=True)
-    return dest
-
-
 def _new_id(kind: str) -> str:
     return f"sampbridge-{kind}-{next(_counter)}-{uuid.uuid4().hex[:8]}"
 
@@ -118,46 +93,6 @@ def _radius_label(radius_deg: float) -> str:
 def cone_title(release: str, ra: float, dec: float, radius: float) -> str:
     """Return the readable name of a cone table, e.g. ``CSC 2.1 cone 246.79250 -24.32027 r=3'``."""
     return f"CSC {release} cone {ra:.5f} {dec:.5f} r={_radius_label(radius)}"
-
-
-@dataclass
-class TableResult:
-    """A table result on disk, ready to be sent: ``url`` is a ``file://`` URL to ``path``."""
-
-    path: Path
-    table_id: str
-    name: str
-    rows: int
-    seconds: float
-    what: str
-    overflow: bool = False
-    service_url: str = ""
-
-    @property
-    def url(self) -> str:
-        """The ``file://`` URL of the result."""
-        return self.path.resolve().as_uri()
-
-
-@dataclass
-class MatchResult(TableResult):
-    """A match table, with the counts a person wants to see."""
-
-    input_rows: int = 0
-    no_position: int = 0
-    unmatched: int = 0
-    strategy: str = ""
-
-
-@dataclass
-class ImageResult:
-    """Images on disk found by one SIAP query."""
-
-    images: list[ImageInfo]
-    found: int
-    seconds: float
-    what: str
-    skipped: list[str] = field(default_factory=list)
 
 
 class Engine:
@@ -185,6 +120,55 @@ class Engine:
                       if cfg["cache.enabled"] else None)
         if self.cache is not None:
             self.cache.prune()
+
+    #: The method that runs each kind of request: a new kind is one line here, plus its
+    #: method, which takes ``(request, dest, **options)``.
+    RUNNERS: ClassVar[dict[type, str]] = {
+        ConeRequest: "run_cone",
+        SiapRequest: "run_siap",
+        TapRequest: "run_tap",
+        MatchFileRequest: "run_match_file",
+    }
+
+    @overload
+    def run(self, request: SiapRequest, *, dest: Path | None = None,
+            **options: Any) -> ImageResult: ...
+
+    @overload
+    def run(self, request: ConeRequest | TapRequest | MatchFileRequest, *,
+            dest: Path | None = None, **options: Any) -> TableResult: ...
+
+    def run(self, request: Request, *, dest: Path | None = None,
+            **options: Any) -> TableResult | ImageResult:
+        """Run any request and return its result; the one entry of the CLI and the folder.
+
+        Parameters
+        ----------
+        request : ConeRequest, SiapRequest, TapRequest or MatchFileRequest
+            The validated request (see :data:`RUNNERS`).
+        dest : Path, optional
+            Where the result goes: the VOTable file, or the folder of a SIAP request's
+            images; default a new name in the results folder.
+        **options
+            Passed to the request's method: ``count`` and ``prefix`` for SIAP, ``cancel`` and
+            ``on_job`` for TAP, ``rows`` for a match.
+
+        Raises
+        ------
+        TypeError
+            For an object that is not a request of a kind in :data:`RUNNERS` (a bug of the
+            caller, not a user's mistake).
+        SampBridgeError
+            When the request cannot run (the service fails, the table is unreadable...).
+        """
+        method = next((self.RUNNERS[t] for t in type(request).__mro__ if t in self.RUNNERS),
+                      None)
+        if method is None:
+            kinds = ", ".join(t.__name__ for t in self.RUNNERS)
+            raise TypeError(f"Engine.run takes a request ({kinds}), not a "
+                            f"{type(request).__name__}")
+        runner: Callable[..., TableResult | ImageResult] = getattr(self, method)
+        return runner(request, dest, **options)
 
     def _dest(self, stem: str, suffix: str = ".vot") -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -383,6 +367,22 @@ class Engine:
         return MatchResult(dest, _new_id("match"), title, len(out), time.perf_counter() - t0,
                            what, False, "", input_rows=n_in, no_position=no_pos,
                            unmatched=n_in - no_pos - matched_rows, strategy=strategy)
+
+    def run_match_file(self, req: MatchFileRequest, dest: Path | None = None, *,
+                       rows: np.ndarray | None = None) -> MatchResult:
+        """Read a query folder's table file (within ``tables.*`` caps) and match it.
+
+        Raises
+        ------
+        TableError
+            When the table cannot be read, or has no usable position.
+        CSCError
+            When the service fails.
+        """
+        table = read_table(req.table, self.cfg["tables.max_rows"],
+                           max_bytes=self.cfg["tables.max_bytes"], root=req.root)
+        return self.run_match(table, req.name, rows=rows, radius_arcsec=req.radius,
+                              mode=req.mode, dest=dest)
 
     def close(self) -> None:
         """Close HTTP connections."""
