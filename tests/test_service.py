@@ -269,3 +269,17 @@ def test_xdg_config_home_is_where_systemd_looks(home: Path, tmp_path: Path) -> N
     assert r.returncode == 0
     assert (xdg / "systemd" / "user" / "sampbridge.service").is_file()
     assert not (home / ".config").exists()
+
+
+def test_the_names_of_sampbridge_service_stay_where_they_were() -> None:
+    """Split into a systemd and a launchd room, ``sampbridge.service`` still has every name."""
+    from sampbridge.service import (AGENT_LABEL, UNIT_NAME, ServiceError, command,
+                                    launchd_plist, run, systemd_unit, target)
+
+    assert (UNIT_NAME, AGENT_LABEL) == ("sampbridge.service", "org.sampbridge.daemon")
+    assert callable(run) and issubclass(ServiceError, Exception)
+    argv = command(None, argv0="/no/such/sampbridge")
+    assert "ExecStart=" in systemd_unit(argv)
+    assert plistlib.loads(launchd_plist(argv, Path("/l")))["ProgramArguments"] == argv
+    assert target("linux", Path("/h")).path == Path("/h/.config/systemd/user/sampbridge.service") \
+        or os.environ.get("XDG_CONFIG_HOME")

@@ -4,34 +4,34 @@ Linux gets a systemd user unit (``~/.config/systemd/user/sampbridge.service``), 
 agent (``~/Library/LaunchAgents/org.sampbridge.daemon.plist``). Everything stays in the user's
 home and nothing here ever needs root: the only programs run are ``systemctl --user`` (status,
 and ``install --enable``), and only when a systemd user manager answers.
+
+The platform rooms: :mod:`.systemd` (the unit, ``systemctl --user``) and :mod:`.launchd` (the
+agent's property list); this module chooses between them and writes the files.
 """
 
 from __future__ import annotations
 
 import os
-import plistlib
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .safefile import ensure_private_dir
+from ..safefile import ensure_private_dir
+from . import launchd, systemd
+from .launchd import AGENT_LABEL, launchd_plist
+from .systemd import CONFIG_EXIT, SYSTEMCTL_TIMEOUT, UNIT_NAME, systemd_unit, user_systemd
 
-__all__ = ["PLATFORMS", "ServiceError", "command", "launchd_plist", "run", "systemd_unit",
-           "target"]
+__all__ = ["AGENT_LABEL", "CONFIG_EXIT", "PLATFORMS", "SYSTEMCTL_TIMEOUT", "UNIT_NAME",
+           "ServiceError", "Target", "command", "current_platform", "install",
+           "installed_command", "launchd_plist", "run", "status", "systemd_unit", "target",
+           "uninstall", "user_systemd"]
 
 #: The platforms ``service`` writes for, as ``--platform`` names them.
 PLATFORMS = ("linux", "macos")
-UNIT_NAME = "sampbridge.service"
-AGENT_LABEL = "org.sampbridge.daemon"
-#: Seconds any ``systemctl --user`` call may take.
-SYSTEMCTL_TIMEOUT = 10.0
-#: Exit status of ``sampbridge run`` on a bad configuration: restarting cannot mend it.
-CONFIG_EXIT = 2
 
 Say = Callable[[str], None]
 
@@ -115,64 +115,6 @@ def command(config: str | os.PathLike | None = None, argv0: str | None = None) -
     return argv
 
 
-def _unit_word(word: str) -> str:
-    """Quote one ExecStart word for systemd (``%`` and ``$`` are its specifiers)."""
-    word = word.replace("%", "%%").replace("$", "$$")
-    if re.fullmatch(r"[A-Za-z0-9_./:+=,@%$-]+", word):
-        return word
-    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def systemd_unit(argv: list[str]) -> str:
-    """Return the text of the systemd user unit that runs ``argv``.
-
-    Parameters
-    ----------
-    argv : list of str
-        The command line, from :func:`command`.
-    """
-    return "\n".join([
-        "# Written by 'sampbridge service install'; remove with 'sampbridge service uninstall'.",
-        "[Unit]",
-        "Description=sampbridge: Chandra Source Catalog results in TOPCAT, DS9 and Aladin "
-        "over SAMP",
-        "",
-        "[Service]",
-        "Type=simple",
-        "ExecStart=" + " ".join(_unit_word(w) for w in argv),
-        "Restart=on-failure",
-        "RestartSec=5",
-        f"# exit status {CONFIG_EXIT} is a bad configuration: fix it, then start the unit again",
-        f"RestartPreventExitStatus={CONFIG_EXIT}",
-        "",
-        "[Install]",
-        "WantedBy=default.target",
-        "",
-    ])
-
-
-def launchd_plist(argv: list[str], log: Path) -> bytes:
-    """Return the launchd agent (an XML property list) that runs ``argv`` at login.
-
-    Parameters
-    ----------
-    argv : list of str
-        The command line, from :func:`command`.
-    log : Path
-        Where its standard output and error go.
-    """
-    return plistlib.dumps({
-        "Label": AGENT_LABEL,
-        "ProgramArguments": list(argv),
-        "RunAtLoad": True,
-        # started again when it crashes or fails, not after a clean stop
-        "KeepAlive": {"SuccessfulExit": False},
-        "ThrottleInterval": 10,
-        "StandardOutPath": str(log),
-        "StandardErrorPath": str(log),
-    })
-
-
 def _make_private_dirs(path: Path) -> None:
     """Create ``path`` and its missing parents 0700; folders that exist keep their mode."""
     p = path
@@ -197,29 +139,6 @@ def _write_private(path: Path, data: bytes) -> None:
         part.unlink(missing_ok=True)
 
 
-def _systemctl(*args: str) -> subprocess.CompletedProcess | None:
-    """Run ``systemctl --user ARGS``; ``None`` when there is no systemctl or it hangs."""
-    exe = shutil.which("systemctl")
-    if exe is None:
-        return None
-    try:
-        return subprocess.run([exe, "--user", *args], capture_output=True, text=True,
-                              timeout=SYSTEMCTL_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
-def user_systemd() -> bool:
-    """Return whether a systemd user manager answers ``systemctl --user`` here."""
-    done = _systemctl("show-environment")
-    return done is not None and done.returncode == 0
-
-
-def _first_line(done: subprocess.CompletedProcess) -> str:
-    text = (done.stderr or done.stdout or "").strip()
-    return text.splitlines()[0] if text else f"exit status {done.returncode}"
-
-
 def _read(t: Target) -> bytes | None:
     try:
         return t.path.read_bytes()
@@ -239,31 +158,16 @@ def installed_command(t: Target) -> list[str] | None:
     if raw is None:
         return None
     if t.platform == "macos":
-        try:
-            args = plistlib.loads(raw).get("ProgramArguments")
-        except Exception:  # any damage reads as "unreadable"
-            return None
-        return [str(a) for a in args] if isinstance(args, list) else None
-    for line in raw.decode("utf-8", "replace").splitlines():
-        if line.startswith("ExecStart="):
-            value = line[len("ExecStart="):].replace("%%", "%").replace("$$", "$")
-            try:
-                return shlex.split(value)
-            except ValueError:
-                return None
-    return None
+        return launchd.program_arguments(raw)
+    return systemd.exec_start(raw)
 
 
 def _start_hint(t: Target) -> str:
-    if t.platform == "macos":
-        return f"launchctl bootstrap gui/$(id -u) {shlex.quote(str(t.path))}"
-    return f"systemctl --user enable --now {UNIT_NAME}"
+    return launchd.start_hint(t.path) if t.platform == "macos" else systemd.start_hint()
 
 
 def _stop_hint(t: Target) -> str:
-    if t.platform == "macos":
-        return f"launchctl bootout gui/$(id -u)/{AGENT_LABEL}"
-    return f"systemctl --user stop {UNIT_NAME} && systemctl --user daemon-reload"
+    return launchd.stop_hint() if t.platform == "macos" else systemd.stop_hint()
 
 
 def _sudo_warning(t: Target, say: Say) -> None:
@@ -318,36 +222,13 @@ def install(t: Target, argv: list[str], enable: bool, say: Say) -> int:
         return 0
     say(f"its log: journalctl --user -u {UNIT_NAME}")
     if enable:
-        return _enable(t, say)
+        return systemd.enable(say)
     say("to start it now and at every login, run:")
     say(f"    {_start_hint(t)}")
     if old is not None and old != data:
         say(f"if it runs already: systemctl --user daemon-reload && systemctl --user restart "
             f"{UNIT_NAME}")
     return 0
-
-
-def _enable(t: Target, say: Say) -> int:
-    if not user_systemd():
-        say("systemctl --user does not answer here (no systemd user session), so nothing was "
-            "started; in your desktop session run:")
-        say(f"    {_start_hint(t)}")
-        return 1
-    for args in (("daemon-reload",), ("enable", "--now", UNIT_NAME)):
-        done = _systemctl(*args)
-        if done is None or done.returncode != 0:
-            why = _first_line(done) if done is not None else "it did not answer"
-            say(f"systemctl --user {' '.join(args)} failed: {why}")
-            return 1
-    say(f"enabled and started: systemctl --user enable --now {UNIT_NAME}")
-    return 0
-
-
-def _unlink_wants(t: Target) -> None:
-    """Remove ``default.target.wants/sampbridge.service`` when it points at our unit."""
-    link = t.path.parent / "default.target.wants" / UNIT_NAME
-    if link.is_symlink() and Path(os.path.realpath(link)) == Path(os.path.realpath(t.path)):
-        link.unlink()
 
 
 def uninstall(t: Target, say: Say) -> int:
@@ -365,13 +246,11 @@ def uninstall(t: Target, say: Say) -> int:
         say(f"nothing to remove: no {t.kind} at {t.path}")
         return 0
     if t.platform == "linux":
-        _unlink_wants(t)
+        systemd.unlink_wants(t.path)
     t.path.unlink()
     say(f"removed {t.path} ({t.kind}); it will not start at the next login")
-    if t.platform == "linux" and user_systemd():
-        active = _systemctl("is-active", UNIT_NAME)
-        if active is None or active.stdout.strip() != "active":
-            return 0
+    if t.platform == "linux" and systemd.is_active() is False:
+        return 0
     say("if it runs now, stop it with:")
     say(f"    {_stop_hint(t)}")
     return 0
@@ -408,15 +287,7 @@ def status(t: Target, say: Say) -> int:
         say(f"its log: {t.log}")
         say(f"whether it runs: launchctl print gui/$(id -u)/{AGENT_LABEL}")
         return 0
-    linked = (t.path.parent / "default.target.wants" / UNIT_NAME).is_symlink()
-    if not user_systemd():
-        say(f"starts at login: {'yes' if linked else 'no'}; whether it runs now is unknown "
-            "(systemctl --user does not answer here)")
-        return 0
-    enabled = _systemctl("is-enabled", UNIT_NAME)
-    active = _systemctl("is-active", UNIT_NAME)
-    say(f"starts at login: {enabled.stdout.strip() if enabled else 'unknown'}; "
-        f"now: {active.stdout.strip() if active else 'unknown'}")
+    systemd.status_lines(t.path, say)
     return 0
 
 
@@ -443,7 +314,7 @@ def run(action: str, config: str | None = None, platform: str | None = None,
         t = target(platform or current_platform(), home)
         if action == "install":
             if config is not None:
-                from .config import load_config
+                from ..config import load_config
 
                 load_config(config)     # a ConfigError now beats a unit that cannot start
             return install(t, command(config), enable, say)
