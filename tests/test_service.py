@@ -271,15 +271,15 @@ def test_xdg_config_home_is_where_systemd_looks(home: Path, tmp_path: Path) -> N
     assert not (home / ".config").exists()
 
 
-def test_the_names_of_sampbridge_service_stay_where_they_were() -> None:
+def test_the_names_of_sampbridge_service_stay_where_they_were(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Split into a systemd and a launchd room, ``sampbridge.service`` still has every name."""
-    from sampbridge.service import (AGENT_LABEL, UNIT_NAME, ServiceError, command,
-                                    launchd_plist, run, systemd_unit, target)
-
-    assert (UNIT_NAME, AGENT_LABEL) == ("sampbridge.service", "org.sampbridge.daemon")
-    assert callable(run) and issubclass(ServiceError, Exception)
-    argv = command(None, argv0="/no/such/sampbridge")
-    assert "ExecStart=" in systemd_unit(argv)
-    assert plistlib.loads(launchd_plist(argv, Path("/l")))["ProgramArguments"] == argv
-    assert target("linux", Path("/h")).path == Path("/h/.config/systemd/user/sampbridge.service") \
-        or os.environ.get("XDG_CONFIG_HOME")
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    assert (service.UNIT_NAME, service.AGENT_LABEL) == ("sampbridge.service",
+                                                        "org.sampbridge.daemon")
+    assert callable(service.run) and issubclass(service.ServiceError, Exception)
+    argv = service.command(None, argv0="/no/such/sampbridge")
+    assert "ExecStart=" in service.systemd_unit(argv)
+    assert plistlib.loads(service.launchd_plist(argv, Path("/l")))["ProgramArguments"] == argv
+    assert service.target("linux", Path("/h")).path == \
+        Path("/h/.config/systemd/user/sampbridge.service")
