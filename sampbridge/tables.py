@@ -137,7 +137,7 @@ def fetch_table(url: str, dest_dir: Path, session, *, max_bytes: int,
                 raise ServiceTimeout(f"table download: the download did not finish within "
                                      f"{deadline:g} s", url=url)
             size = http.download(session, url, dest, what="table download",
-                                 max_bytes=max_bytes, retries=2, deadline=left,
+                                 max_bytes=max_bytes, deadline=left,
                                  on_chunk=_abandon_if(cancel))
         except CSCError as exc:
             if exc.status == 404:

@@ -75,12 +75,13 @@ class ConeService:
         A session with timeouts (see :func:`sampbridge.csc.http.make_session`).
     max_bytes : int
         Size cap of one result.
-    retries : int
-        Retries after transient failures (the query is idempotent).
+    retries : int, optional
+        Retries after transient failures (the query is idempotent); by default the
+        session's (``http.retries``, see :mod:`.retry`).
     """
 
     def __init__(self, url: str, session: requests.Session, max_bytes: int = 500_000_000,
-                 retries: int = 2) -> None:
+                 retries: int | None = None) -> None:
         self.url = url
         self.session = session
         self.max_bytes = max_bytes

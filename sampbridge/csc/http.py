@@ -1,4 +1,8 @@
-"""HTTP plumbing: one session with timeouts and a User-Agent, and streamed downloads to files."""
+"""HTTP plumbing: a session with timeouts, a User-Agent and retries; streamed downloads.
+
+Retries are urllib3's (see :mod:`.retry` for what is retried and when); every failure,
+retries used up or not, becomes a :class:`CSCError` of one sentence (:func:`failure`).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,6 @@ import astropy
 import pyvo
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 
 from .. import __version__
 from .errors import (
@@ -24,14 +27,15 @@ from .errors import (
     ServiceTimeout,
     ServiceUnreachable,
 )
+from .gunzip import Gunzip, maybe_gunzip
+from .retry import RetryAdapter, per_call, policy
 
-__all__ = ["USER_AGENT", "Gunzip", "TimeoutSession", "make_session", "download", "raise_for_http"]
+__all__ = ["USER_AGENT", "Gunzip", "TimeoutSession", "make_session", "download", "failure",
+           "raise_for_http", "read_capped", "request", "unreachable_reason"]
 
 USER_AGENT = f"sampbridge/{__version__} (pyvo/{pyvo.__version__} astropy/{astropy.__version__})"
 _CHUNK = 1 << 20
-_GZIP_MAGIC = b"\x1f\x8b"
 _LOOPBACK = ("localhost", "::1")
-_RETRY_STATUS = {429, 502, 503, 504}
 
 
 class TimeoutSession(requests.Session):
@@ -45,15 +49,20 @@ class TimeoutSession(requests.Session):
         Whether to ask for gzip-compressed responses.  ``auto`` asks remote services only: a
         VOTable shrinks several times, which pays over a network, while on loopback the
         compression costs both ends CPU and saves nothing.
+    retries : int
+        Retries of a request after a transient failure (``http.retries``), by urllib3 on the
+        session's adapter (:class:`.retry.RetryAdapter`); what is retried is said in
+        :mod:`.retry`.  pyvo's requests on this session get the same policy.
     """
 
     def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 120.0,
-                 compress: str = "auto") -> None:
+                 compress: str = "auto", retries: int = 2) -> None:
         super().__init__()
         self.timeout = (connect_timeout, read_timeout)
         self.compress = compress
+        self.retries = retries
         self.headers["User-Agent"] = USER_AGENT
-        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=32)
+        adapter = RetryAdapter(pool_connections=8, pool_maxsize=32, max_retries=policy(retries))
         self.mount("http://", adapter)
         self.mount("https://", adapter)
 
@@ -75,9 +84,9 @@ class TimeoutSession(requests.Session):
 
 
 def make_session(connect_timeout: float = 10.0, read_timeout: float = 120.0,
-                 compress: str = "auto") -> TimeoutSession:
-    """Return a new :class:`TimeoutSession`."""
-    return TimeoutSession(connect_timeout, read_timeout, compress)
+                 compress: str = "auto", retries: int = 2) -> TimeoutSession:
+    """Return a new :class:`TimeoutSession` (``retries``: ``http.retries``)."""
+    return TimeoutSession(connect_timeout, read_timeout, compress, retries)
 
 
 def raise_for_http(resp: requests.Response, what: str) -> None:
@@ -127,54 +136,80 @@ def _body_line(head: bytes) -> str | None:
     return text.splitlines()[0][:300]
 
 
-def _retry_after(resp: requests.Response | None, attempt: int) -> float:
-    if resp is not None:
-        ra = resp.headers.get("Retry-After", "")
-        if ra.isdigit():
-            return min(float(ra), 30.0)
-    return min(0.5 * 2 ** attempt, 8.0)
-
-
 def request(session: requests.Session, method: str, url: str, what: str, *,
-            retries: int = 0, stream: bool = False, give_up_at: float | None = None,
-            **kwargs: Any) -> requests.Response:
-    """Send one request and turn every transport failure into a :class:`CSCError`.
+            retries: int | None = None, idempotent: bool = False, stream: bool = False,
+            give_up_at: float | None = None, **kwargs: Any) -> requests.Response:
+    """Send one request, retried by urllib3, and turn every failure into a :class:`CSCError`.
 
-    GET requests are retried ``retries`` times after a connection error, a timeout, 429 or
-    502/503/504, with backoff (and ``Retry-After`` where the server sends it); no retry starts
-    after ``give_up_at`` (a :func:`time.monotonic` time), if given.
+    Parameters
+    ----------
+    session : requests.Session
+        Its adapter retries (a :func:`make_session` session; a plain session tries once).
+    method, url : str
+        The request.
+    what : str
+        What the request is, for messages ("cone search").
+    retries : int, optional
+        Retries of this call; by default the session's (``http.retries``).
+    idempotent : bool
+        A POST that may be sent twice (a TAP ``/sync`` query): retried like a GET.
+    stream : bool
+        Leave the body to be read by the caller.
+    give_up_at : float, optional
+        A :func:`time.monotonic` time after which no retry starts (see :mod:`.retry`).
+    **kwargs
+        For :meth:`requests.Session.request`.
+
+    Returns
+    -------
+    requests.Response
+        The last answer, whatever its status (see :func:`raise_for_http`).
+
+    Raises
+    ------
+    CSCError
+        For a failure of the transport (:func:`failure`), after the retries.
     """
-    attempts = 1 + (retries if method.upper() == "GET" else 0)
-    last: CSCError | None = None
-    for attempt in range(attempts):
-        if attempt and give_up_at is not None and time.monotonic() >= give_up_at:
-            raise last or ServiceTimeout(f"{what}: the service stayed busy until the deadline",
-                                         url=url)
-        resp = None
-        try:
-            resp = session.request(method, url, stream=stream, **kwargs)
-        except requests.exceptions.ConnectTimeout as exc:
-            last = ServiceTimeout(f"{what}: the service did not accept a connection in time",
-                                  url=url, service_message=str(exc.__class__.__name__))
-        except requests.exceptions.ReadTimeout:
-            last = ServiceTimeout(f"{what}: the service did not answer within the read timeout",
-                                  url=url)
-        except requests.exceptions.ConnectionError as exc:
-            last = ServiceUnreachable(f"{what}: cannot reach the service at {_host(url)}: "
-                                      f"{unreachable_reason(exc)}", url=url)
-        except requests.exceptions.RequestException as exc:
-            raise ServiceError(f"{what}: the request failed", url=url,
-                               service_message=_short(exc)) from None
-        else:
-            if resp.status_code in _RETRY_STATUS and attempt + 1 < attempts:
-                resp.close()
-                time.sleep(_retry_after(resp, attempt))
-                continue
-            return resp
-        if attempt + 1 < attempts:
-            time.sleep(_retry_after(resp, attempt))
-    assert last is not None
-    raise last
+    count = getattr(session, "retries", 0) if retries is None else retries
+    try:
+        with per_call(policy(count, idempotent=idempotent, give_up_at=give_up_at)):
+            return session.request(method, url, stream=stream, **kwargs)
+    except requests.exceptions.RequestException as exc:
+        raise failure(exc, what, url) from None
+
+
+def failure(exc: requests.exceptions.RequestException, what: str, url: str) -> CSCError:
+    """Return the one-sentence error of a failed request (no library repr in it).
+
+    ``MaxRetryError`` (urllib3's "retries used up"), in whichever requests exception it
+    arrives, says what the last try met: a connect or read timeout, a refused or unreachable
+    host (:func:`unreachable_reason`), or a service that stayed busy.
+    """
+    last = _last_reason(exc)
+    if isinstance(exc, requests.exceptions.ConnectTimeout) or (
+            isinstance(last, urllib3.exceptions.ConnectTimeoutError)
+            and not isinstance(last, urllib3.exceptions.NewConnectionError)):
+        return ServiceTimeout(f"{what}: the service did not accept a connection in time",
+                              url=url, service_message="ConnectTimeout")
+    if isinstance(exc, requests.exceptions.ReadTimeout) or isinstance(
+            last, urllib3.exceptions.ReadTimeoutError):
+        return ServiceTimeout(f"{what}: the service did not answer within the read timeout",
+                              url=url)
+    if isinstance(exc, requests.exceptions.RetryError) or isinstance(
+            last, urllib3.exceptions.ResponseError):
+        return ServiceError(f"{what}: the service stayed busy through every retry", url=url)
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return ServiceUnreachable(f"{what}: cannot reach the service at {_host(url)}: "
+                                  f"{unreachable_reason(exc)}", url=url)
+    return ServiceError(f"{what}: the request failed", url=url, service_message=_short(exc))
+
+
+def _last_reason(exc: BaseException) -> BaseException | None:
+    """Return the ``reason`` of a ``MaxRetryError`` inside ``exc``, if any."""
+    for inner in (exc, *getattr(exc, "args", ())):
+        if isinstance(inner, urllib3.exceptions.MaxRetryError):
+            return inner.reason
+    return None
 
 
 def unreachable_reason(exc: BaseException) -> str:
@@ -242,7 +277,7 @@ def read_capped(resp: requests.Response, what: str, max_bytes: int) -> bytes:
 
 def download(session: requests.Session, url: str, dest: Path, *, what: str,
              max_bytes: int, method: str = "GET", params: Mapping[str, Any] | None = None,
-             data: Any = None, retries: int = 0,
+             data: Any = None, retries: int | None = None, idempotent: bool = False,
              on_chunk: Callable[[bytes], None] | None = None,
              deadline: float | None = None, gunzip: bool = False,
              chunk_size: int = _CHUNK, counts: dict[str, int] | None = None) -> int:
@@ -258,7 +293,8 @@ def download(session: requests.Session, url: str, dest: Path, *, what: str,
     written; ``max_bytes`` then caps both the bytes received and the bytes written, so a
     small body that inflates past the cap (a "gzip bomb") is abandoned as soon as it does.
     ``chunk_size`` is the most bytes read from the network at a time.  ``counts``, if given,
-    receives ``received`` (body bytes read) and ``written``.
+    receives ``received`` (body bytes read) and ``written``.  ``retries`` and ``idempotent``
+    are as for :func:`request` (the request is retried; a body cut off midway is not).
 
     ``deadline``, if given, is the most seconds the whole download may take, retries and body
     included, however steadily a slow server trickles its bytes.  It is checked between
@@ -277,8 +313,9 @@ def download(session: requests.Session, url: str, dest: Path, *, what: str,
     part = dest.with_name(dest.name + ".part")
     give_up_at = None if deadline is None else time.monotonic() + deadline
     timeout = None if deadline is None else _capped_timeout(session, deadline)
-    resp = request(session, method, url, what, retries=retries, stream=True, params=params,
-                   data=data, give_up_at=give_up_at, timeout=timeout)
+    resp = request(session, method, url, what, retries=retries, idempotent=idempotent,
+                   stream=True, params=params, data=data, give_up_at=give_up_at,
+                   timeout=timeout)
     with resp:
         raise_for_http(resp, what)
         length = resp.headers.get("Content-Length")
@@ -304,7 +341,7 @@ def download(session: requests.Session, url: str, dest: Path, *, what: str,
             with os.fdopen(fd, "wb") as fh:
                 body: Iterable[bytes] = received()
                 if gunzip:
-                    body = _maybe_gunzip(body)
+                    body = maybe_gunzip(body)
                 for chunk in body:
                     counts["written"] += len(chunk)
                     if counts["written"] > max_bytes:
@@ -326,73 +363,6 @@ def download(session: requests.Session, url: str, dest: Path, *, what: str,
             part.unlink(missing_ok=True)
             raise
     return counts["written"]
-
-
-def _maybe_gunzip(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Return the body, decompressed if its first bytes are the gzip magic."""
-    it = iter(chunks)
-    head = b""
-    for chunk in it:
-        head += chunk
-        if len(head) >= len(_GZIP_MAGIC):
-            break
-    if not head.startswith(_GZIP_MAGIC):
-        return _chain(head, it)
-    return Gunzip().inflate(_chain(head, it))
-
-
-def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    if first:
-        yield first
-    yield from rest
-
-
-class Gunzip:
-    """Decompresses a gzip stream (one member or several) in pieces of bounded size.
-
-    Each call of ``zlib``'s ``decompress`` is limited to :data:`_CHUNK` bytes of output, so a
-    small input that inflates enormously never sits in memory whole: the caller sees it
-    piece by piece and can stop.  Zero bytes after the last member (padding) are ignored;
-    any other stray bytes raise :class:`zlib.error`, and a stream cut short raises
-    :class:`EOFError`.
-    """
-
-    def __init__(self) -> None:
-        self._d: Any = None          # the current member's decompressor; None between members
-        self._pending = b""          # bytes between members, not yet known to start one
-
-    def inflate(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        """Yield the decompressed bytes of ``chunks``; raise if the stream ends early."""
-        for chunk in chunks:
-            yield from self._feed(chunk)
-        if self._d is not None or self._pending:
-            raise EOFError("the compressed stream ends before its last member does")
-
-    def _feed(self, data: bytes) -> Iterator[bytes]:
-        buf = data
-        while True:
-            if self._d is None:
-                buf, self._pending = self._pending + buf, b""
-                if not buf.strip(b"\0"):
-                    return
-                if len(buf) < len(_GZIP_MAGIC) and _GZIP_MAGIC.startswith(buf):
-                    self._pending = buf
-                    return
-                if not buf.startswith(_GZIP_MAGIC):
-                    raise zlib.error("stray bytes after the end of the compressed data")
-                self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            out = self._d.decompress(buf, _CHUNK)
-            buf = self._d.unconsumed_tail
-            if out:
-                yield out
-            if self._d.eof:
-                # at the end of a member, the input after it is in unused_data (CPython may
-                # leave a copy of it in unconsumed_tail too: that copy is not used)
-                buf, self._d = self._d.unused_data, None
-                if not buf:
-                    return
-            elif not buf and len(out) < _CHUNK:
-                return
 
 
 def _capped_timeout(session: requests.Session, deadline: float) -> tuple[float, float]:

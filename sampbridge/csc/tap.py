@@ -357,7 +357,7 @@ class TapClient:
             files = {name: (f"{name}.vot", body, "application/x-votable+xml")
                      for name, body in uploads.items()}
         resp = http.request(self.session, "POST", self.url + "/sync", what, stream=True,
-                            data=data, files=files)
+                            idempotent=True, data=data, files=files)
         with resp:
             http.raise_for_http(resp, what)
             body = http.read_capped(resp, what, self.max_bytes)
@@ -371,8 +371,8 @@ class TapClient:
         url = self.url + "/sync"
         scan = StreamScan()
         http.download(self.session, url, dest, what="TAP query", method="POST",
-                      data=self._params(adql, maxrec), max_bytes=self.max_bytes,
-                      on_chunk=scan.feed)
+                      idempotent=True, data=self._params(adql, maxrec),
+                      max_bytes=self.max_bytes, on_chunk=scan.feed)
         try:
             summary = check_result(dest, url, "TAP query", scan)
         except Exception:
@@ -424,7 +424,7 @@ class TapClient:
                 result_url = job.result_uri
             scan = StreamScan()
             http.download(self.session, result_url, dest, what="TAP result download",
-                          max_bytes=self.max_bytes, retries=2, on_chunk=scan.feed)
+                          max_bytes=self.max_bytes, on_chunk=scan.feed)
             try:
                 summary = check_result(dest, result_url, "TAP query", scan)
             except Exception:
@@ -493,12 +493,13 @@ class TapClient:
     def _send_delete(self, job_url: str) -> bool:
         connect = getattr(self.session, "timeout", (self.delete_timeout,))[0]
         timeout = (min(connect, self.delete_timeout), self.delete_timeout)
-        try:
-            with self.session.delete(job_url, allow_redirects=False, timeout=timeout) as resp:
+        try:   # tried once: a stopping caller must leave promptly
+            with http.request(self.session, "DELETE", job_url, "TAP job deletion", retries=0,
+                              allow_redirects=False, timeout=timeout) as resp:
                 status = resp.status_code
         except Exception as exc:  # a failed cleanup must not hide the result
             why = (f"no answer within {self.delete_timeout:g} s"
-                   if isinstance(exc, requests.Timeout) else "the service is unreachable")
+                   if isinstance(exc, ServiceTimeout) else "the service is unreachable")
             log.warning("could not delete TAP job %s: %s", job_url, why)
             return False
         if status < 400 or status in (404, 410):
