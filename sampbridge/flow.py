@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar, cast
 
+import numpy as np
+
+from .csc.sky import separation_deg  # re-exported: the daemon compares clicks with it
+
 __all__ = ["Coalescer", "EchoGuard", "separation_deg"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def separation_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
-    """Angular distance in degrees (haversine, stable at small angles)."""
-    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
-    h = math.sin((d2 - d1) / 2) ** 2 + math.cos(d1) * math.cos(d2) * math.sin((r2 - r1) / 2) ** 2
-    return math.degrees(2 * math.asin(min(1.0, math.sqrt(h))))
 
 
 class Coalescer(Generic[T]):
@@ -171,5 +167,8 @@ class EchoGuard:
         with self._lock:
             while self._marks and now - self._marks[0][0] > self.window:
                 self._marks.popleft()
-            return any(separation_deg(ra, dec, r, d) <= self.radius
-                       for t, r, d in self._marks if now - t <= self.window)
+            marks = [(r, d) for t, r, d in self._marks if now - t <= self.window]
+        if not marks:
+            return False
+        ras, decs = np.array(marks, dtype=float).T
+        return bool((separation_deg(ra, dec, ras, decs) <= self.radius).any())

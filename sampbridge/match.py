@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from astropy.coordinates import angular_separation
 from astropy.table import Table, vstack
 
 from ._astropy import quiet_astropy
 from .csc.adql import cone_query, identifier, pair_condition
 from .csc.cone import ConeService
 from .csc.errors import QueryError
+from .csc.sky import separation_deg
 from .csc.tap import TapClient
 from .csc.votable import check_body, overflowed, read_table
 
@@ -47,14 +47,8 @@ class UploadIncomplete(QueryError):
 
 def sep_arcsec(ra1: np.ndarray | float, dec1: np.ndarray | float, ra2: np.ndarray | float,
                dec2: np.ndarray | float) -> np.ndarray:
-    """Angular separation in arcsec, vectorised.
-
-    astropy's :func:`~astropy.coordinates.angular_separation` (the Vincenty formula that
-    :meth:`~astropy.coordinates.SkyCoord.separation` uses), without building SkyCoords for
-    every cone of a match.
-    """
-    r1, d1, r2, d2 = (np.radians(np.asarray(x, dtype=float)) for x in (ra1, dec1, ra2, dec2))
-    return np.degrees(np.asarray(angular_separation(r1, d1, r2, d2), dtype=float)) * 3600.0
+    """Angular separation in arcsec, vectorised (:func:`.csc.sky.separation_deg`, astropy's)."""
+    return np.asarray(separation_deg(ra1, dec1, ra2, dec2), dtype=float) * 3600.0
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import requests
 from pyvo.dal import SIAService
 
@@ -31,6 +32,7 @@ from . import http
 from .errors import CSCError, ResultTooLarge, ServiceError
 from .names import safe_name  # re-exported: the name of an image file
 from .pyvo_errors import translated
+from .sky import separation_deg
 
 __all__ = ["ImageInfo", "SiapResult", "SiapService", "is_fits", "normal_band", "retry_size",
            "safe_name"]
@@ -117,12 +119,6 @@ class SiapResult:
     size: float = 0.0
     #: the SIZE first asked, when that query found no FITS image and was retried
     retried_from: float | None = None
-
-
-def _sep(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
-    r1, d1, r2, d2 = map(math.radians, (ra1, dec1, ra2, dec2))
-    c = math.sin(d1) * math.sin(d2) + math.cos(d1) * math.cos(d2) * math.cos(r1 - r2)
-    return math.degrees(math.acos(max(-1.0, min(1.0, c))))
 
 
 def _band(rec: Any, title: str) -> str:        # rec: a pyvo SIAP record (untyped)
@@ -224,14 +220,14 @@ class SiapService:
         The session every request goes through.
     max_bytes : int
         The most bytes one image may take, decompressed (and over the network).
-    retries : int
-        Retries of a failed download.
+    retries : int, optional
+        Retries of a failed download; by default the session's (``http.retries``).
     cap_name : str
         The setting that holds ``max_bytes``, named in the sentence of a skipped image.
     """
 
     def __init__(self, url: str, session: requests.Session, max_bytes: int = 10_000_000,
-                 retries: int = 2, cap_name: str = "images.max_bytes") -> None:
+                 retries: int | None = None, cap_name: str = "images.max_bytes") -> None:
         self.url = url
         self.session = session
         self.max_bytes = max_bytes
@@ -275,12 +271,15 @@ class SiapService:
         ``prefer_band`` may be spelled ``b`` or ``CXO_b``; JPEG rows are never returned.
         """
         band = normal_band(prefer_band)
-
-        def key(i: ImageInfo) -> tuple[int, float]:
-            dist = _sep(ra, dec, i.ra, i.dec) if i.ra is not None and i.dec is not None else 999
-            return (0 if band and i.band == band else 1, dist)
-
-        return sorted((i for i in images if is_fits(i)), key=key)
+        fits = [i for i in images if is_fits(i)]
+        placed = [k for k, i in enumerate(fits) if i.ra is not None and i.dec is not None]
+        dist = np.full(len(fits), 999.0)     # a row without a position comes last
+        if placed:
+            dist[placed] = separation_deg(ra, dec, np.array([fits[k].ra for k in placed]),
+                                          np.array([fits[k].dec for k in placed]))
+        order = sorted(range(len(fits)),
+                       key=lambda k: (0 if band and fits[k].band == band else 1, dist[k]))
+        return [fits[k] for k in order]
 
     def choose(self, images: list[ImageInfo], ra: float, dec: float, count: int,
                prefer_band: str = "b") -> list[ImageInfo]:
