@@ -230,3 +230,29 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = f"skipped under CI, which counts as a failure: {reason}"
+
+
+@pytest.fixture
+def make_conn(hub) -> Iterator[Callable[..., object]]:
+    """Start :class:`sampbridge.samp.HubConnection` instances on the private hub (stopped after).
+
+    ``make(handlers, name=..., **options)`` returns one registered **and subscribed** (its
+    subscriptions are declared before ``connected`` is set).
+    """
+    from sampbridge.samp import HubConnection
+
+    started: list[HubConnection] = []
+
+    def make(handlers: dict | None = None, name: str = "sampbridge",
+             **options: object) -> HubConnection:
+        opts: dict = {"mode": "connect", "ping_interval": 0.2, "call_timeout": 5.0}
+        opts.update(options)
+        c = HubConnection(name, "a test connection", "0", handlers or {}, **opts)
+        started.append(c)
+        c.start(wait=10)
+        assert c.connected, "the connection did not register with the hub"
+        return c
+
+    yield make
+    for c in started:
+        c.stop()
