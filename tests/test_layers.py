@@ -52,3 +52,26 @@ def test_a_leak_breaks_its_contract(tmp_path: Path, module: str, line: str,
     broken = _lint(tmp_path, contract)
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "1 broken" in broken.stdout, broken.stdout
+
+
+@pytest.mark.parametrize(("module", "line"), [
+    ("daemon/pointat.py", "from ..samp import HubConnection"),
+    ("doctor.py", "from .samp import HubConnection"),
+    ("doctor/__init__.py", "from ..samp import HubConnection"),
+])
+def test_the_daemon_rooms_and_the_doctor_may_join_samp(tmp_path: Path, module: str,
+                                                       line: str) -> None:
+    """Every module of the daemon package, and the doctor (module or package), may import samp."""
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    shutil.copytree(ROOT / "sampbridge", tmp_path / "sampbridge",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    target = tmp_path / "sampbridge" / module
+    if module.startswith("doctor"):
+        shutil.rmtree(tmp_path / "sampbridge" / "doctor", ignore_errors=True)
+        (tmp_path / "sampbridge" / "doctor.py").unlink(missing_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("")
+    with open(target, "a", encoding="utf-8") as f:
+        f.write(f"\n{line}  # allowed\n")
+    run = _lint(tmp_path, "samp-joined-by-daemon")
+    assert run.returncode == 0, run.stdout + run.stderr
