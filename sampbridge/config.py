@@ -134,6 +134,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cone.service", "scs", str,
             "Which service runs cones: 'scs' (cone search) or 'tap' (ADQL cone on master_source).",
             _choice("scs", "tap")),
+    Setting("cone.source", "auto", str,
+            "Who answers cones and matches: 'auto' (the local mirror when one is built for this "
+            "release and these services and holds the columns asked, else the service), "
+            "'service' (always the service) or 'mirror' (the mirror; the service only when the "
+            "mirror cannot answer). See docs/mirror.md.", _choice("auto", "service", "mirror")),
     Setting("images.enabled", True, bool, "Run a SIAP query and send images on a sky click."),
     Setting("images.size", 0.2, _F,
             "SIAP SIZE in degrees. A query that finds no FITS image is asked once more with "
@@ -250,6 +255,15 @@ SETTINGS: tuple[Setting, ...] = (
              "sat_src_flag", "flux_aper_b", "flux_aper_lolim_b", "flux_aper_hilim_b",
              "flux_aper_w", "flux_aper_lolim_w", "flux_aper_hilim_w", "hard_hm", "hard_ms"],
             list, "CSC master_source columns added to each matched row (suffix _csc).", _names),
+    Setting("mirror.dir", "", str,
+            "Folder of local mirrors of master_source, one folder per release (created "
+            "private, 0700). Empty: $XDG_DATA_HOME/sampbridge/mirror."),
+    Setting("mirror.parallel", 3, int,
+            "TAP requests in flight at once while building the mirror (be polite).",
+            _range(1, 8)),
+    Setting("mirror.slice_rows", 50000, int,
+            "Most rows one TAP request of a mirror build brings; RA slices with more are "
+            "split in two.", _range(100, 1_000_000)),
     Setting("folder.enabled", True, bool, "Watch a folder of query files (see docs/folder.md)."),
     Setting("folder.dir", "~/sampbridge/queries", str,
             "The watched folder; done/, failed/ and status.log are kept inside it."),
