@@ -401,3 +401,55 @@ def test_help_still_works_and_offers_sexagesimal():
         r = cli("query", kind, "--help")
         assert r.returncode == 0, r.stderr
         assert "dd:mm:ss" in r.stdout and "-24d19m13s" in r.stdout
+
+
+def _leaves(parser, path=(), defaults=None):
+    """Yield ``(words, defaults)`` for every command that runs (a parser without subcommands),
+    with the defaults it and its parents set."""
+    import argparse
+
+    defaults = {**(defaults or {}), **parser._defaults}
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, defaults
+        return
+    for name, child in subs[0].choices.items():
+        yield from _leaves(child, (*path, name), defaults)
+
+
+def test_every_registered_command_has_a_handler():
+    """The registries (cli.commands.GROUPS, cli.query.KINDS) give every leaf command a
+    handler, and every query kind a run_query."""
+    from sampbridge.cli.commands import GROUPS, groups
+    from sampbridge.cli.parser import build_parser
+    from sampbridge.cli.query import KINDS
+
+    leaves = dict(_leaves(build_parser(groups())))
+    assert {words[0] for words in leaves} == {g.replace("_", "-") for g in GROUPS}
+    assert {words[1] for words in leaves if words[0] == "query"} == set(KINDS)
+    for words, defaults in leaves.items():
+        assert callable(defaults.get("handler")), words
+        if words[0] == "query":
+            assert callable(defaults.get("run_query")), words
+
+
+def test_check_config_in_process_and_a_config_error_is_exit_2(tmp_path, capsys):
+    import logging
+
+    from astropy import log as astropy_log
+
+    from sampbridge.cli import main
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, astropy_log.handlers[:])
+    try:                                # main() sets logging up: put it back afterwards
+        assert main(["check-config"]) == 0
+        assert "(defaults): OK" in capsys.readouterr().out
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("cone:\n  radius: -1\n  nonsense: 3\n")
+        assert main(["check-config", str(bad)]) == 2
+    finally:
+        root.handlers[:], astropy_log.handlers[:] = saved[0], saved[2]
+        root.setLevel(saved[1])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 2 and all(line.startswith("sampbridge: error: ") for line in err), err
