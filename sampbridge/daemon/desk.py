@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from ..config import Config
 from ..engine import Engine
@@ -10,7 +11,12 @@ from ..flow import EchoGuard
 from ..samp import HubConnection
 from ..tables import KnownTables
 
-__all__ = ["Desk"]
+if TYPE_CHECKING:
+    from .calls import CallRunner
+    from .delivery import Deliverer
+    from .overlays import Overlays
+
+__all__ = ["AnsweringRoom", "Desk"]
 
 
 class Desk:
@@ -48,3 +54,27 @@ class Desk:
                       "overlays": 0}
         self.echo = EchoGuard(cfg["echo.window"], cfg["echo.radius"])
         self.known = KnownTables(cfg["tables.cache_size"])
+
+
+class AnsweringRoom:
+    """Base of a room that answers with a cone: it runs work, sends results, draws overlays.
+
+    Parameters
+    ----------
+    desk : Desk
+        The daemon's shared state.
+    calls : CallRunner
+        The worker pools, the replies owed and the refusals.
+    deliver : Deliverer
+        Sends the tables and images.
+    overlays : Overlays
+        Draws the sources on the viewers' images.
+    """
+
+    def __init__(self, desk: Desk, calls: CallRunner, deliver: Deliverer,
+                 overlays: Overlays) -> None:
+        self.desk = desk
+        self.cfg = desk.cfg
+        self.calls = calls
+        self.deliver = deliver
+        self.overlays = overlays

@@ -11,10 +11,8 @@ from ..errors import SampBridgeError
 from ..imagein import ImageError, footprint_cone, read_fits_header
 from ..model import ConeRequest, RequestError
 from ..samp import Message
-from .calls import CallRunner
-from .delivery import Deliverer
-from .desk import Desk
-from .overlays import OVERLAY_VERB, Overlays
+from .desk import AnsweringRoom
+from .overlays import OVERLAY_VERB
 from .params import clip, text_param
 
 __all__ = ["Footprint", "ImageLoad"]
@@ -32,28 +30,8 @@ class Footprint:
     note: str = ""
 
 
-class ImageLoad:
-    """Takes an image in and sends the CSC sources of its footprint out.
-
-    Parameters
-    ----------
-    desk : Desk
-        The daemon's shared state.
-    calls : CallRunner
-        The worker pools, the reply owed and refusals.
-    deliver : Deliverer
-        Sends the cone's table.
-    overlays : Overlays
-        Draws the sources on the image viewers.
-    """
-
-    def __init__(self, desk: Desk, calls: CallRunner, deliver: Deliverer,
-                 overlays: Overlays) -> None:
-        self.desk = desk
-        self.cfg = desk.cfg
-        self.calls = calls
-        self.deliver = deliver
-        self.overlays = overlays
+class ImageLoad(AnsweringRoom):
+    """Takes an image in and sends the CSC sources of its footprint out (table and overlays)."""
 
     def on_image_load(self, msg: Message) -> None:
         """Handle ``image.load.fits``: accept it now, read its header on a worker.

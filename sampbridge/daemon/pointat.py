@@ -22,7 +22,7 @@ from ..model import ConeRequest, RequestError, SiapRequest, parse_position
 from ..samp import Message
 from .calls import CallRunner
 from .delivery import Deliverer
-from .desk import Desk
+from .desk import AnsweringRoom, Desk
 from .overlays import OVERLAY_VERB, Overlays, OverlayTarget
 from .params import error_text, ms
 
@@ -59,28 +59,18 @@ class _Offered:
     when: float
 
 
-class PointAt:
+class PointAt(AnsweringRoom):
     """Answers clicks: coalesces them, runs the cone, sends the table, images and overlay.
 
     Parameters
     ----------
-    desk : Desk
-        The daemon's shared state.
-    calls : CallRunner
-        The worker pools (and refusals of bad positions).
-    deliver : Deliverer
-        Sends the tables and images.
-    overlays : Overlays
-        Draws the sources on the clicking viewer.
+    desk, calls, deliver, overlays
+        As for :class:`.desk.AnsweringRoom`.
     """
 
     def __init__(self, desk: Desk, calls: CallRunner, deliver: Deliverer,
                  overlays: Overlays) -> None:
-        self.desk = desk
-        self.cfg = desk.cfg
-        self.calls = calls
-        self.deliver = deliver
-        self.overlays = overlays
+        super().__init__(desk, calls, deliver, overlays)
         self.coalescer: Coalescer[Click] = Coalescer(
             self._run, self.cfg["pointat.quiet"], self.cfg["pointat.max_wait"], name="pointat")
         #: seconds from the last click received to its table delivered
