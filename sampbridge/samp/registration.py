@@ -56,11 +56,7 @@ def open_client(metadata: dict[str, str], callbacks: Callbacks,
         client.connect(pool_size=POOL_SIZE)
     except Exception as exc:  # no hub yet is normal; try again later
         log.debug("SAMP connect failed: %s", exc)
-        try:
-            if client.client is not None and client.client.is_running:
-                client.client.stop()
-        except Exception:
-            pass
+        _stop_server(client)
         return None
     try:
         md = {"x-samp.mostly-harmless": "1"}
@@ -90,13 +86,18 @@ def close(client: psamp.SAMPIntegratedClient, unregister: bool) -> None:
             client.client.unregister()
     except Exception as exc:  # a dead hub cannot be told goodbye
         log.debug("unregister: %s", exc)
+    _stop_server(client)
+    try:
+        client.hub.disconnect()
+    except Exception:
+        pass
+
+
+def _stop_server(client: psamp.SAMPIntegratedClient) -> None:
+    """Stop the client's own XML-RPC server (the callbacks), if it runs."""
     try:
         if client.client is not None and client.client.is_running:
             client.client.stop()
-    except Exception:
-        pass
-    try:
-        client.hub.disconnect()
     except Exception:
         pass
 

@@ -69,34 +69,30 @@ class Sender:
 
     def call(self, client_id: str, mtype: str, params: dict[str, Any]) -> Delivery:
         """Call one client and wait (at most ``call_timeout``) for its reply."""
+        wait = str(int(max(1, self.call_timeout)))
+        return self._one(client_id, mtype, params,
+                         lambda c, message: c.call_and_wait(client_id, message, wait))
+
+    def notify(self, client_id: str, mtype: str, params: dict[str, Any]) -> Delivery:
+        """Send a notification to one client (for peers that never answer a call)."""
+        return self._one(client_id, mtype, params,
+                         lambda c, message: c.notify(client_id, message))
+
+    def _one(self, client_id: str, mtype: str, params: dict[str, Any],
+             send: Callable[[Any, dict[str, Any]], Any]) -> Delivery:
         name = self._directory.client_name(client_id)
         c = self._link.client
         if c is None:
             return Delivery(client_id, name, False, "not connected to a hub")
         try:
-            resp = c.call_and_wait(client_id, {"samp.mtype": mtype,
-                                               "samp.params": sampify(params)},
-                                   str(int(max(1, self.call_timeout))))
+            resp = send(c, {"samp.mtype": mtype, "samp.params": sampify(params)})
         except Exception as exc:
             self._directory.forget_subscribers()  # the client may be gone: ask again next time
             return Delivery(client_id, name, False, str(exc))
         status = resp.get("samp.status") if isinstance(resp, dict) else None
-        if status == "samp.error":
+        if status == "samp.error":       # a call's reply (a notification has none)
             err = resp.get("samp.error", {}).get("samp.errortxt", "error")
             return Delivery(client_id, name, False, str(err))
-        return Delivery(client_id, name, True)
-
-    def notify(self, client_id: str, mtype: str, params: dict[str, Any]) -> Delivery:
-        """Send a notification to one client (for peers that never answer a call)."""
-        name = self._directory.client_name(client_id)
-        c = self._link.client
-        if c is None:
-            return Delivery(client_id, name, False, "not connected to a hub")
-        try:
-            c.notify(client_id, {"samp.mtype": mtype, "samp.params": sampify(params)})
-        except Exception as exc:
-            self._directory.forget_subscribers()
-            return Delivery(client_id, name, False, str(exc))
         return Delivery(client_id, name, True)
 
     def send(self, mtype: str, params: dict[str, Any], patterns: Iterable[str],
