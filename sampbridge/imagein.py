@@ -27,7 +27,7 @@ from ._astropy import quiet_astropy
 from .csc import http
 from .csc.errors import CSCError
 from .model import RequestError
-from .tables import TableError, _is_loopback, url_to_path
+from .tables import TableError, is_loopback, url_to_path
 
 __all__ = ["ImageError", "read_fits_header", "footprint_cone", "DEFAULT_HEADER_MAX_BYTES"]
 
@@ -136,7 +136,7 @@ def _open_source(url_or_path: str | os.PathLike, session, allow_remote: bool,
     if parts.scheme.lower() not in ("http", "https"):
         raise ImageError(f"cannot fetch an image by '{parts.scheme}': only file:, and http(s) "
                          "on this machine, are allowed")
-    if not allow_remote and not _is_loopback(parts.hostname or ""):
+    if not allow_remote and not is_loopback(parts.hostname or ""):
         raise ImageError(f"refusing to fetch an image from {parts.hostname}: only this machine "
                          f"(127.0.0.1, localhost) is allowed unless {remote_key} is true")
     if session is None:

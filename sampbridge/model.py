@@ -24,6 +24,7 @@ __all__ = [
     "parse_dec",
     "parse_position",
     "match_options",
+    "quoted",
 ]
 
 
@@ -41,15 +42,24 @@ def _number(name: str, value: Any, unit: str = "") -> float:
     except (TypeError, ValueError):
         x = None
     if x is None:
-        raise RequestError(f"'{name}' must be a number{unit}, not {_show(value)}")
+        raise RequestError(f"'{name}' must be a number{unit}, not {quoted(value)}")
     if not math.isfinite(x):
-        raise RequestError(f"'{name}' must be a finite number{unit}, not {_show(value)}")
+        raise RequestError(f"'{name}' must be a finite number{unit}, not {quoted(value)}")
     return x
 
 
-def _show(value: Any) -> str:
+def quoted(value: Any) -> str:
+    """Return ``value`` as an error sentence quotes it: its repr, cut to 60 characters.
+
+    Every door (SAMP, query files, the CLI) quotes a bad value this way, so that the same
+    mistake reads the same whichever door it came through.
+    """
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "...'"
+
+
+#: temporary alias for the daemon and queryfiles, until their owners switch to :func:`quoted`
+_show = quoted
 
 
 def _sexagesimal(value: Any, unit: str) -> float | None:
@@ -72,7 +82,7 @@ def parse_ra(value: Any, name: str = "ra") -> float:
     sx = _sexagesimal(value, "hourangle")
     ra = sx if sx is not None else _number(name, value, " of degrees")
     if not -360.0 <= ra <= 360.0:
-        raise RequestError(f"'{name}' must be between 0 and 360 degrees, not {_show(value)}")
+        raise RequestError(f"'{name}' must be between 0 and 360 degrees, not {quoted(value)}")
     return ra % 360.0
 
 
@@ -81,7 +91,7 @@ def parse_dec(value: Any, name: str = "dec") -> float:
     sx = _sexagesimal(value, "deg")
     dec = sx if sx is not None else _number(name, value, " of degrees")
     if not -90.0 <= dec <= 90.0:
-        raise RequestError(f"'{name}' must be between -90 and +90 degrees, not {_show(value)}")
+        raise RequestError(f"'{name}' must be between -90 and +90 degrees, not {quoted(value)}")
     return dec
 
 
@@ -123,7 +133,7 @@ def opt_float(params: Mapping[str, Any], key: str, default: float, lo: float, hi
     x = _number(key, params[key], f" of {unit}")
     if not lo < x <= hi:
         raise RequestError(f"'{key}' must be greater than {lo:g} and at most {hi:g} {unit}, "
-                           f"not {_show(params[key])}")
+                           f"not {quoted(params[key])}")
     return x
 
 
@@ -149,9 +159,9 @@ def match_options(params: Mapping[str, Any]) -> tuple[float | None, str | None]:
         radius = opt_float(params, "radius", 0.0, 0.0, 3600.0, "arcsec")
     mode = params.get("mode")
     if mode is not None and (not isinstance(mode, str) or mode not in ("best", "all")):
-        shown = _show(mode) if isinstance(mode, str) else \
+        shown = quoted(mode) if isinstance(mode, str) else \
             ("a list" if isinstance(mode, list) else "a map" if isinstance(mode, dict)
-             else _show(mode))
+             else quoted(mode))
         raise RequestError(f"'mode' must be best or all, not {shown}")
     return radius, mode
 
@@ -162,13 +172,13 @@ def _opt_int(params: Mapping[str, Any], key: str, default: int | None,
         return default
     x = _number(key, params[key])
     if x != int(x):
-        raise RequestError(f"'{key}' must be a whole number, not {_show(params[key])}")
+        raise RequestError(f"'{key}' must be a whole number, not {quoted(params[key])}")
     n = int(x)
     if choices and n not in choices:
         raise RequestError(f"'{key}' must be one of {', '.join(map(str, choices))}, "
-                           f"not {_show(params[key])}")
+                           f"not {quoted(params[key])}")
     if n < lo:
-        raise RequestError(f"'{key}' must be {lo} or more, not {_show(params[key])}")
+        raise RequestError(f"'{key}' must be {lo} or more, not {quoted(params[key])}")
     return n
 
 
@@ -235,6 +245,6 @@ class TapRequest:
                                "SELECT TOP 10 name, ra, dec FROM csc21.master_source")
         name = params.get("name")
         if name is not None and not isinstance(name, str):
-            raise RequestError(f"'name' must be text, not {_show(name)}")
+            raise RequestError(f"'name' must be text, not {quoted(name)}")
         maxrec = _opt_int(params, "maxrec", cfg["tap.maxrec"] or None, lo=1)
         return cls(adql.strip(), (name or "").strip() or None, maxrec)

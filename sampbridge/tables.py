@@ -28,7 +28,7 @@ from .safefile import FileMissing, FileRefused, read_regular
 log = logging.getLogger(__name__)
 
 __all__ = ["TableError", "fetch_table", "read_table", "find_position_columns", "positions",
-           "Positions", "RA_NAMES", "DEC_NAMES"]
+           "Positions", "RA_NAMES", "DEC_NAMES", "is_loopback", "url_to_path"]
 
 #: Column names tried, in order and case-insensitively, when no UCD marks the position.
 RA_NAMES = ("ra", "ra_icrs", "raj2000", "_raj2000", "ra_j2000", "ra_deg", "radeg", "ra_d",
@@ -46,7 +46,8 @@ class TableError(RequestError):
     """An input table that cannot be used; the message says why and what to do."""
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Tell whether ``host`` is this machine: ``localhost`` or a loopback address (no DNS)."""
     if host in ("localhost", "localhost.localdomain"):
         return True
     try:
@@ -124,7 +125,7 @@ def fetch_table(url: str, dest_dir: Path, session, *, max_bytes: int,
     if parts.scheme.lower() not in ("http", "https"):
         raise TableError(f"cannot fetch a table by '{parts.scheme or url}': only file:, "
                          "and http(s) on this machine, are allowed")
-    if not allow_remote and not _is_loopback(parts.hostname or ""):
+    if not allow_remote and not is_loopback(parts.hostname or ""):
         raise TableError(f"refusing to fetch a table from {parts.hostname}: only this machine "
                          "(127.0.0.1, localhost) is allowed unless tables.allow_remote is true")
     give_up_at = None if deadline is None else time.monotonic() + deadline
