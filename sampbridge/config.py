@@ -241,8 +241,10 @@ SETTINGS: tuple[Setting, ...] = (
             "'best': the nearest CSC source per input row; 'all': every source in the radius.",
             _choice("best", "all")),
     Setting("match.strategy", "auto", str,
-            "'auto': one TAP upload join where /capabilities list upload and ADQL geometry, else "
-            "cone searches; or force 'upload' or 'cone'.", _choice("auto", "upload", "cone")),
+            "'auto': the local mirror when one holds match.columns (docs/mirror.md), else one "
+            "TAP upload join where /capabilities list upload and ADQL geometry, else cone "
+            "searches; or force 'mirror', 'upload' or 'cone'.",
+            _choice("auto", "mirror", "upload", "cone")),
     Setting("match.parallelism", 4, int,
             "Cone searches in flight at once when matching by cones (be polite).",
             _range(1, 32)),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 import time
 import uuid
@@ -19,7 +18,6 @@ from typing import Any, ClassVar, overload
 import numpy as np
 from astropy.table import Table
 
-from ._astropy import quiet_astropy
 from .cache import ResultCache, cone_key, image_key, tap_key
 from .config import Config
 from .csc import http
@@ -28,6 +26,7 @@ from .csc.errors import CSCError
 from .csc.names import safe_name
 from .csc.siap import ImageInfo, SiapService
 from .csc.tap import TapClient, learnt, no_upload, refuses_upload
+from .engine_mirror import MirrorSide
 from .match import (
     Matches,
     TapCones,
@@ -37,11 +36,13 @@ from .match import (
     match_by_cones,
     match_by_upload,
 )
+from .mirror import Mirror
 from .model import ConeRequest, SiapRequest, TapRequest
 from .queryfiles import MatchFileRequest
 from .results import ImageResult, MatchResult, TableResult, tabledata_copy
 from .safefile import ensure_private_dir
 from .tables import TableError, positions, read_table
+from .votwriter import write_votable as _write_votable
 
 __all__ = ["TableResult", "MatchResult", "ImageResult", "Engine", "Request", "ensure_private_dir",
            "cone_title", "tabledata_copy"]
@@ -51,32 +52,6 @@ Request = ConeRequest | SiapRequest | TapRequest | MatchFileRequest
 
 _counter = itertools.count(1)
 log = logging.getLogger(__name__)
-
-
-def _write_votable(table: Table, dest: Path, name: str) -> None:
-    """Write ``table`` as a VOTable atomically (temporary name, then rename)."""
-    part = dest.with_name(dest.name + ".part")
-    out = table.copy(copy_data=False)
-    out.meta = {k: v for k, v in out.meta.items() if isinstance(v, str)}
-    out.meta["name"] = name
-    for col in out.itercols():
-        if col.dtype.kind == "O":
-            out[col.name] = col.astype(str)
-    try:
-        with quiet_astropy():
-            # TABLEDATA through astropy's Python writer, not its C one: the C TABLEDATA writer
-            # (astropy 8.0.2) corrupted memory on match tables, an intermittent SIGSEGV later
-            # anywhere in the process (gone with the C writer bypassed, in 75 runs of
-            # 1000-row matches). BINARY2 avoids it too, but STIL (TOPCAT) cannot read
-            # astropy's BINARY2 'bit' columns, which the CSC flags are.
-            from astropy.io.votable import from_table
-
-            vot = from_table(out)
-            with open(part, "wb") as fh:
-                vot.to_xml(fh, tabledata_format="tabledata", _debug_python_based_parser=True)
-        os.replace(part, dest)
-    finally:
-        part.unlink(missing_ok=True)
 
 
 def _new_id(kind: str) -> str:
@@ -120,6 +95,17 @@ class Engine:
                       if cfg["cache.enabled"] else None)
         if self.cache is not None:
             self.cache.prune()
+        #: the local mirror of master_source (docs/mirror.md), used per ``cone.source``
+        self.mirrors = MirrorSide(cfg, self.tap, self.cone)
+
+    @property
+    def mirror(self) -> Mirror | None:
+        """The open mirror of the configured release, or None (none, other, damaged)."""
+        return self.mirrors.mirror
+
+    def mirror_status(self, verify: bool = False) -> dict[str, Any]:
+        """Return the mirror's state as a dict (what ``mirror status`` and the daemon show)."""
+        return self.mirrors.status(verify)
 
     #: The method that runs each kind of request: a new kind is one line here, plus its
     #: method, which takes ``(request, dest, **options)``.
@@ -181,6 +167,9 @@ class Engine:
         key = cone_key(self.cfg["services.tap"] if self.cfg["cone.service"] == "tap"
                        else self.cfg["services.cone"], req.ra, req.dec, req.radius, req.verb,
                        self.cfg["cache.precision"])
+        answer = self.mirrors.cone(req, dest, name, _new_id("cone"))    # None: ask the service
+        if answer is not None:
+            return answer
         hit = self._from_cache(key, dest, _new_id("cone"), name)
         if hit is not None:
             return hit
@@ -274,12 +263,13 @@ class Engine:
         return out
 
     def match_strategy(self) -> str:
-        """Return ``upload`` or ``cone``: configured, or from the TAP service's capabilities.
+        """Return ``mirror``, ``upload`` or ``cone``: configured, or chosen.
 
-        ``auto`` chooses ``upload`` only where ``/capabilities`` list both upload and ADQL
-        geometry, and the service has not refused an upload in this process.
+        ``auto`` chooses ``mirror`` when a usable mirror holds ``match.columns``, else
+        ``upload`` only where ``/capabilities`` list both upload and ADQL geometry, and the
+        service has not refused an upload in this process.
         """
-        configured = self.cfg["match.strategy"]
+        configured = self.mirrors.strategy(self.cfg["match.strategy"], self.cfg["match.columns"])
         if configured != "auto":
             return configured
         if not learnt(self.tap.url)["upload"]:
@@ -299,6 +289,9 @@ class Engine:
         later matches go by cones at once.
         """
         cols = self.cfg["match.columns"]
+        mirror = self.mirrors.for_match(cols) if strategy == "mirror" else None
+        if mirror is not None:
+            return self.mirrors.match(mirror, ra, dec, valid, radius, cols)
         if strategy == "upload":
             try:
                 return match_by_upload(self.tap, ra, dec, valid, radius, cols,
@@ -385,5 +378,6 @@ class Engine:
                               mode=req.mode, dest=dest)
 
     def close(self) -> None:
-        """Close HTTP connections."""
+        """Close HTTP connections and unmap the mirror."""
+        self.mirrors.close()
         self.session.close()
