@@ -242,24 +242,31 @@ def test_check_folders_looks_at_results_queries_done_and_failed(tmp_path: Path) 
 
 # -- the mirror -----------------------------------------------------------------------------
 def test_mirror_judged_against_the_configured_release() -> None:
-    assert local.mirror_finding("2.1", {}).level == "INFO"
-    assert local.mirror_finding("2.1", {}, "mirror").level == "FAIL"
-    ok = local.mirror_finding("2.1", {"2.1": {"release": "2.1", "rows": 407806}})
-    assert ok.level == "OK" and "407,806 rows" in ok.text
-    other = local.mirror_finding("2.1", {"2.0": {"release": "2.0"}})
+    absent = {"state": "absent", "building": None}
+    assert local.mirror_finding("2.1", absent, []).level == "INFO"
+    assert local.mirror_finding("2.1", absent, [], "mirror").level == "FAIL"
+    ok = local.mirror_finding("2.1", {"state": "ready", "rows": 407806,
+                                      "built_at": "2026-12-01T10:00:00Z"}, [])
+    assert ok.level == "OK"
+    assert ok.text == ("a mirror of release 2.1, 407,806 rows, built 2026-12-01T10:00:00Z "
+                       "matches the configured services")
+    other = local.mirror_finding("2.1", absent, ["2.0"])
     assert other.level == "WARN"
     assert other.text.startswith("the mirror holds release 2.0, not the configured 2.1")
-    assert other.fix == "build one: sampbridge mirror build (release 2.1)"
-    bad = local.mirror_finding("2.1", {"2.1": ValueError("the mirror manifest x cannot be "
-                                                         "read")})
-    assert bad.level == "WARN" and bad.text.endswith("cannot be read")
+    assert other.fix == "sampbridge mirror build (release 2.1)"
+    bad = local.mirror_finding("2.1", {"state": "corrupt", "reason": "the mirror manifest x "
+                                       "cannot be read"}, [], "mirror")
+    assert bad.level == "FAIL" and bad.text.endswith("cannot be read")
+    half = local.mirror_finding("2.1", {"state": "absent", "building": {"slices": 3}}, [])
+    assert half.level == "WARN" and half.fix.endswith("resumes it")
 
 
 def test_a_mirror_built_for_another_release_on_disk(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror = pytest.importorskip("sampbridge.mirror")
     store = pytest.importorskip("sampbridge.mirror.store")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
-    root = Path(store.default_root())
+    root = Path(mirror.default_root())
     assert local.check_mirror(defaults())[0].level == "INFO"
     old = root / "2.0"
     old.mkdir(parents=True)
@@ -269,6 +276,13 @@ def test_a_mirror_built_for_another_release_on_disk(tmp_path: Path,
     f = local.check_mirror(defaults())[0]
     assert (f.level, f.text.split(":")[0]) == ("WARN", "the mirror holds release 2.0, not the "
                                                        "configured 2.1")
+    # a damaged mirror of the configured release: its own sentence
+    mine = root / "2.1"
+    mine.mkdir()
+    (mine / "manifest.json").write_text("{not json")
+    f = local.check_mirror(defaults())[0]
+    assert f.level == "WARN" and f.text.startswith("the mirror is not used: the mirror manifest")
+    assert f.text.endswith("cannot be read; run `sampbridge mirror build` again")
 
 
 # -- the services ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ opened). A folder is private when no group or other bit is set on it.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import stat
 import threading
@@ -129,43 +130,47 @@ def check_services(cfg: Config, timeout: float = 10.0) -> list[Finding]:
 
 
 # -- the mirror ----------------------------------------------------------------------------
-def _mirror_store() -> Any:
+def _mirror_pkg() -> Any:
     try:
-        return importlib.import_module("sampbridge.mirror.store")
+        return importlib.import_module("sampbridge.mirror")
     except ImportError:
         return None
 
 
-def mirror_finding(release: str, manifests: dict[str, dict | Exception],
+def mirror_finding(release: str, status: dict[str, Any], others: list[str],
                    wanted: str = "auto") -> Finding:
-    """Judge the mirrors found against the configured release.
+    """Judge the mirror's state (``sampbridge.mirror.status``) against the configured release.
 
     Parameters
     ----------
     release : str
         The configured release (``release``).
-    manifests : dict
-        Release folder name -> its manifest, or the error (one sentence) that refused it;
-        the configured release's entry has been checked against the configured services.
+    status : dict
+        ``state`` (``ready``, ``absent``, ``other``, ``old``, ``corrupt``), ``reason``,
+        ``rows``, ``built_at``, ``building``: what ``mirror status --json`` gives.
+    others : list of str
+        Releases of the other mirrors found beside it.
     wanted : str
-        ``cone.source``: ``mirror`` makes a missing mirror a ``FAIL``.
+        ``cone.source``: with ``mirror``, a mirror that cannot answer is a ``FAIL``.
     """
     topic = "mirror"
-    mine = next((v for k, v in manifests.items()
-                 if isinstance(v, dict) and v.get("release") == release), None)
-    if mine is not None:
-        rows = mine.get("rows")
-        built = mine.get("built") or mine.get("created") or ""
+    state = status.get("state")
+    if state == "ready":
+        rows = status.get("rows")
         extra = f", {rows:,} rows" if isinstance(rows, int) else ""
-        extra += f", built {built}" if built else ""
+        extra += f", built {status['built_at']}" if status.get("built_at") else ""
         return Finding("OK", topic, f"a mirror of release {release}{extra} matches the "
                                     "configured services")
-    bad = [(k, v) for k, v in manifests.items() if isinstance(v, Exception)]
-    others = sorted(str(v.get("release")) for v in manifests.values() if isinstance(v, dict))
     level = "FAIL" if wanted == "mirror" else "WARN"
-    build = f"build one: sampbridge mirror build (release {release})"
-    if bad:
-        return Finding(level, topic, f"the mirror is not used: {bad[0][1]}", build)
+    build = f"sampbridge mirror build (release {release})"
+    if state != "absent":
+        return Finding(level, topic, f"the mirror is not used: {status.get('reason') or state}",
+                       build)
+    building = status.get("building")
+    if building:
+        return Finding(level, topic, f"a build of release {release} stopped after "
+                                     f"{building.get('slices', 0)} slices: the mirror is not "
+                                     "used yet", f"{build} resumes it")
     if others:
         return Finding(level, topic, f"the mirror holds release {', '.join(others)}, not the "
                                      f"configured {release}: it is not used, so clicks go to "
@@ -176,12 +181,29 @@ def mirror_finding(release: str, manifests: dict[str, dict | Exception],
                                   "build makes one for offline and fast clicks)")
 
 
-def _mirror_root(cfg: Config, store: Any) -> Path | None:
+def _mirror_root(cfg: Config, pkg: Any) -> Path | None:
     raw = cfg.values.get("mirror.dir")
     if raw:
         return Path(os.path.expandvars(os.path.expanduser(str(raw))))
-    root = getattr(store, "default_root", None)
+    root = getattr(pkg, "default_root", None)
     return Path(root()) if callable(root) else None
+
+
+def _other_releases(root: Path, release: str) -> list[str]:
+    """Return the releases of the finished mirrors under ``root`` other than ``release``."""
+    found = []
+    try:
+        folders = sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError:
+        return []
+    for folder in folders:
+        try:
+            got = json.loads((folder / "manifest.json").read_text()).get("release")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(got, str) and got != release:
+            found.append(got)
+    return found
 
 
 def check_mirror(cfg: Config) -> list[Finding]:
@@ -190,34 +212,21 @@ def check_mirror(cfg: Config) -> list[Finding]:
     Parameters
     ----------
     cfg : Config
-        Gives ``release``, ``services.*``, ``cone.source`` and ``mirror.dir`` when set.
+        Gives ``release``, ``services.*``, ``cone.source`` and ``mirror.dir``.
     """
-    store = _mirror_store()
-    read = getattr(store, "read_manifest", None)
-    pins = getattr(store, "check_pins", None)
-    root = _mirror_root(cfg, store) if store is not None else None
-    if root is None or read is None:
+    pkg = _mirror_pkg()
+    status = getattr(pkg, "status", None)
+    root = _mirror_root(cfg, pkg) if pkg is not None else None
+    if root is None or not callable(status):
         return [Finding("INFO", "mirror", "no mirror (this sampbridge has none)")]
-    services = {k: cfg[f"services.{k}"] for k in ("cone", "tap")}
-    found: dict[str, dict | Exception] = {}
+    services = {k: cfg[f"services.{k}"] for k in ("tap", "cone")}
     try:
-        folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    except OSError as exc:
-        return [Finding("WARN", "mirror", f"cannot read the mirror folder {root} "
-                                          f"({exc.strerror})", "check its permissions")]
-    for folder in folders:
-        if folder.name.endswith(".building"):
-            continue
-        try:
-            manifest = read(folder)
-            if pins is not None and manifest.get("release") == cfg["release"]:
-                pins(manifest, folder, cfg["release"], services)
-            found[folder.name] = manifest
-        except SampBridgeError as exc:
-            if getattr(exc, "reason", None) == "absent" or "there is no mirror" in str(exc):
-                continue
-            found[folder.name] = exc
-    return [mirror_finding(cfg["release"], found, str(cfg.values.get("cone.source", "auto")))]
+        st = status(root, cfg["release"], services)
+    except SampBridgeError as exc:
+        return [Finding("WARN", "mirror", f"cannot check the mirror: {exc}",
+                        "sampbridge mirror status says more")]
+    return [mirror_finding(cfg["release"], st, _other_releases(root, cfg["release"]),
+                           str(cfg.values.get("cone.source", "auto")))]
 
 
 # -- the folders ---------------------------------------------------------------------------
@@ -274,8 +283,8 @@ def check_folders(cfg: Config) -> list[Finding]:
         out.append(folder_finding("query folder", q))
         for sub in ("done", "failed"):
             out.append(folder_finding(f"query folder's {sub}", q / sub, quiet_if_absent=True))
-    store = _mirror_store()
-    root = _mirror_root(cfg, store) if store is not None else None
+    pkg = _mirror_pkg()
+    root = _mirror_root(cfg, pkg) if pkg is not None else None
     if root is not None:
         out.append(folder_finding("mirror folder", root, quiet_if_absent=True))
     return [f for f in out if f is not None]
