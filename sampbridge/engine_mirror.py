@@ -49,9 +49,12 @@ class MirrorSide:
         The configuration.
     tap, cone : TapClient, ConeService
         The engine's clients (a build uses them; the mirror is pinned to their URLs).
+    open_now : bool
+        Open the mirror now (an engine); the ``mirror`` commands open it only to check it.
     """
 
-    def __init__(self, cfg: Config, tap: TapClient, cone: ConeService) -> None:
+    def __init__(self, cfg: Config, tap: TapClient, cone: ConeService, *,
+                 open_now: bool = True) -> None:
         self.cfg = cfg
         self.tap = tap
         self.cone_service = cone
@@ -60,7 +63,7 @@ class MirrorSide:
         self.mirror: Mirror | None = None
         self.reason = ""
         self._lock = threading.Lock()
-        if cfg["cone.source"] != "service":
+        if open_now and cfg["cone.source"] != "service":
             self.reopen()
 
     def reopen(self) -> Mirror | None:
@@ -152,7 +155,7 @@ class MirrorSide:
             root=self.root, columns=columns, verb=self.cfg["cone.verb"],
             parallel=self.cfg["mirror.parallel"], slice_rows=self.cfg["mirror.slice_rows"],
             progress=progress, cancel=cancel)
-        if self.cfg["cone.source"] != "service":
+        if self.mirror is not None:
             self.reopen()
         return manifest
 

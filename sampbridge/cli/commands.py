@@ -23,6 +23,7 @@ GROUPS: tuple[str, ...] = (
     "check_config",
     "query",
     "service",
+    "mirror",
 )
 
 

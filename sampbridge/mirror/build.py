@@ -241,6 +241,7 @@ def build(tap: TapClient, cone: ConeService, *, table: str, release: str, root: 
     journal: _Journal | None = None
     src: SliceSource | None = None
     try:
+        private_dir(root)
         private_dir(work)
         src = SliceSource(tap, table, [], work, slice_rows, retries, retry_wait)
         with ThreadPoolExecutor(3, thread_name_prefix="mirror-start") as start:

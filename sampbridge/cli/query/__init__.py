@@ -24,6 +24,7 @@ KINDS: tuple[str, ...] = (
     "cone",
     "siap",
     "tap",
+    "match",
 )
 
 

@@ -1,0 +1,142 @@
+"""``sampbridge mirror build | status | remove``: the local mirror of master_source."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .parser import Subparsers
+
+__all__ = ["register", "build", "status", "remove", "progress_reporter"]
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    """Add ``mirror`` and its actions."""
+    m = sub.add_parser("mirror", help="build, check or remove the local mirror of the CSC "
+                       "master sources (docs/mirror.md)")
+    actions = m.add_subparsers(dest="action", required=True, metavar="ACTION")
+    b = actions.add_parser("build", parents=[common],
+                           help="download master_source into the mirror (resumes a stopped "
+                                "build)")
+    b.add_argument("--columns", choices=["default", "all"], default="default",
+                   help="default: the columns of the cone at cone.verb and the error ellipse; "
+                        "all: every master_source column")
+    b.set_defaults(handler=build)
+    s = actions.add_parser("status", parents=[common],
+                           help="release, service, rows, columns, size, built when, verified")
+    s.add_argument("--json", action="store_true", help="print the status as JSON")
+    s.add_argument("--no-verify", action="store_true",
+                   help="do not read the whole table to check its sha256")
+    s.set_defaults(handler=status)
+    r = actions.add_parser("remove", parents=[common], help="delete the mirror of the release")
+    r.set_defaults(handler=remove)
+
+
+def progress_reporter(tty: bool) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """Return (report, close): a tqdm bar on a terminal, else a log line every 10 %."""
+    if tty:
+        from tqdm import tqdm  # type: ignore[import-untyped]
+
+        bar: Any = None
+
+        def report(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = tqdm(total=total, unit="rows", unit_scale=True, desc="mirror",
+                           file=sys.stderr)
+            bar.update(done - bar.n)
+
+        def close() -> None:
+            if bar is not None:
+                bar.close()
+        return report, close
+
+    last = [-1]
+
+    def log_line(done: int, total: int) -> None:
+        step = int(10 * done / total) if total else 10
+        if step != last[0]:
+            last[0] = step
+            log.info("mirror build: %d of %d rows", done, total)
+    return log_line, lambda: None
+
+
+def _side(args: argparse.Namespace) -> Any:
+    from ..config import load_config
+    from ..csc import http
+    from ..csc.cone import ConeService
+    from ..csc.tap import TapClient
+    from ..engine_mirror import MirrorSide
+
+    cfg = load_config(args.config)
+    session = http.make_session(cfg["http.connect_timeout"], cfg["http.read_timeout"],
+                                cfg["http.compress"])
+    tap = TapClient(cfg["services.tap"], session, cfg["results.max_bytes"],
+                    cfg["tap.job_timeout"])
+    cone = ConeService(cfg["services.cone"], session, cfg["results.max_bytes"],
+                       cfg["http.retries"])
+    return MirrorSide(cfg, tap, cone, open_now=False), session
+
+
+def build(args: argparse.Namespace) -> int:
+    """Build (or resume) the mirror and print what was built."""
+    side, session = _side(args)
+    report, close = progress_reporter(sys.stderr.isatty())
+    t0 = time.monotonic()
+    try:
+        m = side.build(columns="all" if args.columns == "all" else None, progress=report)
+    finally:
+        close()
+        session.close()
+    print(f"mirror of CSC {m['release']} built: {m['rows']:,} rows, {len(m['columns'])} "
+          f"columns, {m['bytes'] / 1e6:.1f} MB in {time.monotonic() - t0:.1f} s at "
+          f"{side.root}")
+    return 0
+
+
+def _lines(st: dict[str, Any]) -> list[str]:
+    out = [f"mirror: {st['state']}" + ("" if st["usable"] else f" ({st['reason']})"),
+           f"path: {st['path']}"]
+    if st.get("release") is not None:
+        verified = {True: "yes (sha256 matches)", False: "NO (sha256 differs)",
+                    None: "not checked"}[st["verified"]]
+        out += [f"release: {st['release']}",
+                f"services: tap {st['services'].get('tap')}, cone {st['services'].get('cone')}",
+                f"rows: {st['rows']:,}", f"columns ({len(st['columns'])}): "
+                + ", ".join(st["columns"]),
+                f"size: {st['bytes'] / 1e6:.2f} MB ({st['raw_bytes'] / 1e6:.2f} MB of values)",
+                f"built: {st['built_at']} in {st['build_seconds']} s",
+                f"verified: {verified}"]
+    if st.get("building"):
+        b = st["building"]
+        out.append(f"unfinished build: {b['slices']} slices, {b['rows']:,} rows saved "
+                   "(`sampbridge mirror build` resumes it)")
+    out.append(f"cone.source: {st['source']}")
+    return out
+
+
+def status(args: argparse.Namespace) -> int:
+    """Print the mirror's status; exit 0 when it is usable, 1 when not."""
+    side, session = _side(args)
+    session.close()
+    st = side.status(verify=not args.no_verify)
+    if st["state"] == "corrupt":
+        log.warning("%s", st["reason"])
+    print(json.dumps(st, indent=1) if args.json else "\n".join(_lines(st)))
+    return 0 if st["usable"] else 1
+
+
+def remove(args: argparse.Namespace) -> int:
+    """Remove the mirror of the configured release."""
+    side, session = _side(args)
+    session.close()
+    gone = side.remove()
+    print(f"mirror removed from {side.root}" if gone else f"no mirror under {side.root}")
+    return 0

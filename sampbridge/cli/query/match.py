@@ -1,0 +1,35 @@
+"""``sampbridge query match TABLE --out FILE``: match a table file against the CSC."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ...model import match_options
+from ...queryfiles import MatchFileRequest
+from ..parser import Subparsers
+from .context import QueryContext, out_file, rows_line
+
+__all__ = ["register", "run"]
+
+
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    """Add ``query match``."""
+    p = sub.add_parser("match", parents=[common],
+                       help="match a table file (VOTable, FITS, CSV...) against the CSC")
+    p.add_argument("table", help="the table file; its RA/Dec columns are found by UCD or name")
+    p.add_argument("--out", required=True, help="output VOTable file")
+    p.add_argument("--radius", help="match radius in arcsec (default: match.radius)")
+    p.add_argument("--mode", help="best (nearest source per row) or all (default: match.mode)")
+    p.set_defaults(run_query=run)
+
+
+def run(args: argparse.Namespace, ctx: QueryContext) -> int:
+    """Match the table (from the mirror when one is usable) and print ``N rows -> FILE``."""
+    radius, mode = match_options({"radius": args.radius, "mode": args.mode})
+    table = Path(args.table).expanduser()
+    req = MatchFileRequest(table=table.resolve(), name=table.stem, radius=radius, mode=mode,
+                           root=table.resolve().parent)
+    res = ctx.engine.run(req, dest=out_file(args.out))
+    print(rows_line(res) + f" ({res.what})")
+    return 0
