@@ -24,6 +24,8 @@ GROUPS: tuple[str, ...] = (
     "query",
     "service",
     "mirror",
+    "status",
+    "doctor",
 )
 
 
