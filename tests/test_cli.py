@@ -453,3 +453,23 @@ def test_check_config_in_process_and_a_config_error_is_exit_2(tmp_path, capsys):
         root.setLevel(saved[1])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) >= 2 and all(line.startswith("sampbridge: error: ") for line in err), err
+
+
+def test_one_group_defaults_do_not_leak_into_another():
+    """A group may quieten its own commands (set_defaults(quiet=True)); no other command
+    becomes quiet for it: each group has its own copy of the common options."""
+    import argparse
+
+    from sampbridge.cli.commands import groups
+    from sampbridge.cli.parser import build_parser
+
+    class Quiet:
+        @staticmethod
+        def register(sub, common: argparse.ArgumentParser) -> None:
+            sub.add_parser("hush", parents=[common]).set_defaults(handler=print, quiet=True)
+
+    parser = build_parser([*groups(), Quiet()])
+    assert parser.parse_args(["hush"]).quiet
+    for words in (["run"], ["check-config"], ["query", "cone", "1", "2", "--out", "x"]):
+        args = parser.parse_args(words)
+        assert args.quiet is False and args.verbose == 0, words

@@ -49,8 +49,9 @@ def build_parser(groups: Iterable[CommandGroup]) -> argparse.ArgumentParser:
     p = Parser(prog="sampbridge", description=(
         "Chandra Source Catalog results in TOPCAT, DS9 and Aladin over SAMP."))
     p.add_argument("--version", action="version", version=f"sampbridge {__version__}")
-    common = common_options()
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in groups:
-        group.register(sub, common)
+        # a parent's actions are shared, not copied: one group's set_defaults(quiet=True)
+        # would change -q's default for every command, so each group gets its own parent
+        group.register(sub, common_options())
     return p
