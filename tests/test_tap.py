@@ -16,7 +16,7 @@ import requests
 from astropy.io.votable import parse_single_table
 
 from sampbridge.csc import tap as tapmod
-from sampbridge.csc import votable
+from sampbridge.csc import tapsync, votable
 from sampbridge.csc.errors import QueryError, ServiceError, ServiceTimeout
 from sampbridge.csc.http import make_session
 from sampbridge.csc.tap import TapClient, forget, learnt, refuses_dialect, refuses_upload
@@ -253,7 +253,7 @@ def test_sampbridge_asks_for_votable(vo_server, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert len(parse_single_table(str(res.path)).array) == 2
-    assert client._params("SELECT 1", None)["FORMAT"] == "votable"
+    assert tapsync.query_params("SELECT 1", None)["FORMAT"] == "votable"
 
 
 def test_http_errors_say_what_the_service_said(tmp_path):
