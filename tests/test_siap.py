@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import math
 import os
 import threading
 import zlib
@@ -23,6 +22,7 @@ from sampbridge.config import defaults
 from sampbridge.csc import http
 from sampbridge.csc.errors import ResultTooLarge, ServiceError
 from sampbridge.csc.siap import IMAGE_CHUNK, SiapService, normal_band, retry_size
+from sampbridge.csc.sky import separation_deg
 from sampbridge.engine import Engine
 from sampbridge.model import SiapRequest
 
@@ -63,11 +63,6 @@ def _centre(path: Path) -> tuple[float, float, tuple[int, ...]]:
         assert w.has_celestial
         ra, dec = w.all_pix2world([[(h["NAXIS1"] - 1) / 2, (h["NAXIS2"] - 1) / 2]], 0)[0]
         return float(ra), float(dec), hdul[0].data.shape
-
-
-def _sep(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
-    d = math.hypot((ra1 - ra2) * math.cos(math.radians(dec1)), dec1 - dec2)
-    return d
 
 
 # ------------------------------------------------------------------ loopback servers
@@ -175,7 +170,7 @@ def test_gzipped_full_field_image_is_delivered_decompressed(make_engine, tmp_pat
     assert img.received < img.nbytes / 5          # it came gzipped, and was inflated here
     ra, dec, shape_ = _centre(img.path)
     assert shape_ == (4096, 4096)
-    assert _sep(ra, dec, *RHO) < 0.01 and img.centre == pytest.approx((ra, dec))
+    assert separation_deg(ra, dec, *RHO) < 0.01 and img.centre == pytest.approx((ra, dec))
     assert oct(img.path.stat().st_mode & 0o777) == "0o600"
     assert [p.name for p in img.path.parent.iterdir()] == [img.path.name]   # no .part left
 
@@ -186,7 +181,7 @@ def test_standard_shape_image_is_plain_fits(make_engine, tmp_path):
     (img,) = res.images
     assert img.band == "b" and img.received == img.nbytes == img.path.stat().st_size
     ra, dec, shape_ = _centre(img.path)
-    assert shape_ == (200, 200) and _sep(ra, dec, *RHO) < 0.01
+    assert shape_ == (200, 200) and separation_deg(ra, dec, *RHO) < 0.01
 
 
 def test_download_decompresses_by_the_magic_bytes_not_the_headers(tmp_path):
@@ -406,4 +401,4 @@ def test_a_click_sends_ds9_a_fits_image_on_every_shape(vo_server, tmp_path, make
     assert path.read_bytes()[:9] == b"SIMPLE  ="
     ra, dec, shape_ = _centre(path)
     assert shape_ == (npix, npix) and " b band" in img["name"]
-    assert _sep(ra, dec, *RHO) < (0.01 if npix == 4096 else 0.15)
+    assert separation_deg(ra, dec, *RHO) < (0.01 if npix == 4096 else 0.15)

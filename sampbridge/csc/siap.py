@@ -29,7 +29,8 @@ from pyvo.dal import SIAService
 
 from .._astropy import quiet_astropy
 from . import http
-from .errors import CSCError, ResultTooLarge, ServiceError
+from .errors import CSCError, ResultTooLarge
+from .fitshead import FitsHead, TooLarge, check_fits
 from .names import safe_name  # re-exported: the name of an image file
 from .pyvo_errors import translated
 from .sky import separation_deg
@@ -47,8 +48,6 @@ RETRY_MAX_SIZE = 1.0
 SPARE_TRIES = 2
 #: bytes read from the network at a time: an image refused by its FITS header costs this much
 IMAGE_CHUNK = 1 << 16
-#: the header of the first HDU is looked for in this many bytes at most
-_HEADER_SCAN = 2880 * 36
 #: how many image URLs refused for their size are remembered
 _REFUSED_KEPT = 256
 
@@ -150,63 +149,6 @@ def _file_name(img: ImageInfo) -> str:
     base = img.title or given.removesuffix(".gz") or parts.path.rsplit("/", 1)[-1]
     base = safe_name(base)
     return base if base.endswith(".fits") else base + ".fits"
-
-
-class _TooLarge(ResultTooLarge):
-    """An image refused for its size before or while it downloads; ``why`` says how large."""
-
-    def __init__(self, why: str, needed: int | None = None, url: str | None = None) -> None:
-        super().__init__(f"image download: {why}", url=url)
-        self.why = why
-        self.needed = needed
-
-
-class _FitsHead:
-    """Reads the first HDU's header as the decompressed bytes stream to disk.
-
-    Refuses at once a body that is not FITS, and an image whose header declares more bytes
-    than the cap, so that a refused image costs one network read (:data:`IMAGE_CHUNK`), not
-    its whole size.
-    """
-
-    def __init__(self, max_bytes: int, url: str) -> None:
-        self.max_bytes = max_bytes
-        self.url = url
-        self.buf = b""
-        self.done = False
-
-    def __call__(self, chunk: bytes) -> None:
-        if self.done:
-            return
-        self.buf += chunk[:_HEADER_SCAN - len(self.buf)]
-        if len(self.buf) >= 9 and not self.buf.startswith(b"SIMPLE  ="):
-            raise ServiceError("image download: the service sent something that is not FITS",
-                               url=self.url)
-        cards = [self.buf[i:i + 80].decode("ascii", "replace")
-                 for i in range(0, len(self.buf) - 79, 80)]
-        end = next((k for k, c in enumerate(cards) if c.rstrip() == "END"), None)
-        if end is None:
-            self.done = len(self.buf) >= _HEADER_SCAN
-            return
-        self.done = True
-        self._check(cards[:end], 2880 * math.ceil((end + 1) * 80 / 2880))
-
-    def _check(self, cards: list[str], header_bytes: int) -> None:
-        values = {}
-        for card in cards:
-            if card[8:10] == "= ":
-                values[card[:8].strip()] = card[10:].split("/", 1)[0].strip()
-        try:
-            bitpix = abs(int(values["BITPIX"]))
-            axes = [int(values[f"NAXIS{k}"]) for k in range(1, int(values["NAXIS"]) + 1)]
-        except (KeyError, ValueError):
-            return
-        data = bitpix // 8 * math.prod(axes) if axes else 0
-        total = header_bytes + 2880 * math.ceil(data / 2880)
-        if total > self.max_bytes:
-            shape = " x ".join(str(a) for a in axes)
-            raise _TooLarge(f"{total:,} bytes decompressed (its FITS header: {shape} pixels, "
-                            f"BITPIX {values['BITPIX']})", total, self.url)
 
 
 class SiapService:
@@ -339,11 +281,11 @@ class SiapService:
             dest = dest_dir / (prefix + _file_name(img))
             try:
                 self._fetch(img, dest, reuse)
-                img.centre = _check_fits(dest, img.url)
+                img.centre = check_fits(dest, img.url)
                 if keep is not None and not img.reused:
                     keep(img, dest)
             except ResultTooLarge as exc:
-                why, needed = (exc.why, exc.needed) if isinstance(exc, _TooLarge) \
+                why, needed = (exc.why, exc.needed) if isinstance(exc, TooLarge) \
                     else (_cap_words(exc), None)
                 self._remember_refused(img.url, why, needed)
                 result.skipped.append(self._over_cap(img, why, needed))
@@ -371,7 +313,7 @@ class SiapService:
             img.nbytes = http.download(self.session, img.url, dest, what="image download",
                                        max_bytes=self.max_bytes, retries=self.retries,
                                        gunzip=True, chunk_size=IMAGE_CHUNK, counts=counts,
-                                       on_chunk=_FitsHead(self.max_bytes, img.url))
+                                       on_chunk=FitsHead(self.max_bytes, img.url))
         finally:
             img.received = counts.get("received", 0)
 
@@ -410,28 +352,3 @@ def _cap_words(exc: ResultTooLarge) -> str:
         return "the decompressed image"
     m = re.search(r"the result is (\S+) bytes", text)
     return f"{m.group(1)} bytes to download" if m else "the download"
-
-
-def _check_fits(path: Path, url: str) -> tuple[float, float] | None:
-    """Check that ``path`` is FITS; return the world position of its central pixel."""
-    with open(path, "rb") as fh:
-        head = fh.read(9)
-    if head != b"SIMPLE  =":
-        raise ServiceError("image download: the service sent something that is not FITS",
-                           url=url)
-    try:
-        from astropy.io import fits
-        from astropy.wcs import WCS
-
-        with quiet_astropy():
-            hdr = fits.getheader(path)
-            w = WCS(hdr).celestial
-            if not w.has_celestial:
-                return None
-            x = (hdr.get("NAXIS1", 1) - 1) / 2.0
-            y = (hdr.get("NAXIS2", 1) - 1) / 2.0
-            ra, dec = w.all_pix2world([[x, y]], 0)[0]
-            return float(ra), float(dec)
-    except Exception as exc:  # a FITS file without a usable WCS still loads
-        log.debug("no WCS centre for %s: %s", path, exc)
-        return None
