@@ -16,7 +16,7 @@ import math
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,20 +25,44 @@ import numpy as np
 from astropy.table import Table, vstack
 
 from ._astropy import quiet_astropy
-from .csc.adql import cone_query, identifier, pair_condition
+from .csc.adql import identifier, pair_condition
 from .csc.cone import ConeService
 from .csc.errors import QueryError
 from .csc.sky import separation_deg
 from .csc.tap import TapClient
 from .csc.votable import check_body, overflowed, read_table
 
-__all__ = ["Matches", "TapCones", "UploadIncomplete", "match_by_cones", "match_by_upload",
-           "best_only", "join", "plan_cones", "sep_arcsec"]
+__all__ = ["Matches", "Progress", "TapCones", "UploadIncomplete", "match_by_cones",
+           "match_by_upload", "best_only", "join", "plan_cones", "sep_arcsec"]
 
 log = logging.getLogger(__name__)
 
 #: most rows matched by one sync upload; more go as an async job
 SYNC_UPLOAD_ROWS = 5000
+
+#: a progress hook of a match: ``progress(done, total)``, both counted in input positions
+#: (the rows being matched).  It is called on the matching thread and should be quick; an
+#: exception it raises is logged and ignored.
+Progress = Callable[[int, int], None]
+
+
+class _Reporter:
+    """Calls a :data:`Progress` hook (if any) with positions done, never failing the match."""
+
+    def __init__(self, hook: Progress | None, total: int) -> None:
+        self.hook, self.total, self.done = hook, total, 0
+        self._failed = False
+
+    def __call__(self, done: int) -> None:
+        self.done = done
+        if self.hook is None:
+            return
+        try:
+            self.hook(done, self.total)
+        except Exception:  # a progress display must not stop the match
+            if not self._failed:
+                log.warning("a match progress hook failed; the match goes on", exc_info=True)
+            self._failed = True
 
 
 class UploadIncomplete(QueryError):
@@ -122,25 +146,6 @@ def plan_cones(ra: np.ndarray, dec: np.ndarray, rows: np.ndarray, radius: float,
     return plan
 
 
-def _fetch_tap_cone(src: TapCones, ra: float, dec: float, sr: float,
-                    columns: Sequence[str]) -> tuple[bytes, str]:
-    """Run one ADQL cone (on a worker thread: network only); a box is cut by the caller."""
-    cols = list(dict.fromkeys([*columns, "ra", "dec"]))
-
-    def run(dialect: str) -> bytes:
-        adql = cone_query(src.table, ra, dec, sr, dialect, columns=cols)
-        body = src.tap.sync_body(adql, src.maxrec, what="TAP cone")
-        if overflowed(body):
-            raise QueryError(f"TAP cone: the service cut the answer at MAXREC "
-                             f"({src.maxrec or 'its default'} rows), so matches could be "
-                             "missing; raise tap.maxrec or lower match.batch_cell",
-                             url=src.tap.url)
-        return body
-
-    body, _ = src.tap.with_dialect(run, src.dialect)
-    return body, src.tap.url + "/sync"
-
-
 def _cone_table(body: bytes, url: str) -> Table:
     """Parse one cone's VOTable (on the calling thread only), its nulls kept as nulls.
 
@@ -158,7 +163,8 @@ def _keep(t: Table, columns: Sequence[str]) -> Table:
 
 def match_by_cones(svc: ConeService | TapCones, ra: np.ndarray, dec: np.ndarray,
                    valid: np.ndarray, radius: float, columns: Sequence[str], *, verb: int = 2,
-                   parallelism: int = 4, cell: float = 0.1) -> Matches:
+                   parallelism: int = 4, cell: float = 0.1,
+                   progress: Progress | None = None) -> Matches:
     """Match by cones, ``parallelism`` at a time, positions batched into cells.
 
     Parameters
@@ -179,11 +185,16 @@ def match_by_cones(svc: ConeService | TapCones, ra: np.ndarray, dec: np.ndarray,
         Requests in flight at once.
     cell : float
         Cell size, degrees (see :func:`plan_cones`).
+    progress : callable, optional
+        ``progress(done, total)``, in positions (see :data:`Progress`): with 0 before the
+        first cone, then after each cone, as its positions are matched.
     """
     rows = np.flatnonzero(valid)
     plan = plan_cones(ra, dec, rows, radius, cell)
+    report = _Reporter(progress, len(rows))
     if not plan:
         return _empty(columns, "cone")
+    report(0)
     t0 = time.monotonic()
     last_log = [t0]
     done = [0]
@@ -192,16 +203,18 @@ def match_by_cones(svc: ConeService | TapCones, ra: np.ndarray, dec: np.ndarray,
     parts_sep: list[np.ndarray] = []
 
     def fetch(item: tuple[float, float, float, np.ndarray]) -> tuple[bytes, str]:
-        rc, dc, sr, _ = item
+        rc, dc, sr, _ = item                      # on a worker thread: network only
         if isinstance(svc, TapCones):
-            return _fetch_tap_cone(svc, rc, dc, sr, columns)
-        return svc.fetch_body(rc, dc, sr, verb)   # on a worker thread: network only
+            return svc.tap.cone_body(svc.table, rc, dc, sr, dialect=svc.dialect,
+                                     maxrec=svc.maxrec, columns=columns)
+        return svc.fetch_body(rc, dc, sr, verb)
 
     def one(item: tuple[float, float, float, np.ndarray], body: bytes, url: str
             ) -> tuple[np.ndarray, Table, np.ndarray]:
         members = item[3]
         t = _cone_table(body, url)
         done[0] += 1
+        report(report.done + len(members))
         now = time.monotonic()
         if now - last_log[0] > 5:
             last_log[0] = now
@@ -270,8 +283,11 @@ def _run_upload(tap: TapClient, adql: str, upload: Table, maxrec: int) -> bytes 
 
 def match_by_upload(tap: TapClient, ra: np.ndarray, dec: np.ndarray, valid: np.ndarray,
                     radius: float, columns: Sequence[str], table: str, *,
-                    dialect: str = "auto") -> Matches:
+                    dialect: str = "auto", progress: Progress | None = None) -> Matches:
     """Match with one TAP upload join, in the ADQL dialect the service accepts.
+
+    ``progress(done, total)``, in positions (see :data:`Progress`), is called with 0 before
+    the upload and with the total once its answer is read.
 
     Raises
     ------
@@ -283,6 +299,8 @@ def match_by_upload(tap: TapClient, ra: np.ndarray, dec: np.ndarray, valid: np.n
     rows = np.flatnonzero(valid)
     if not len(rows):
         return _empty(columns, "upload")
+    report = _Reporter(progress, len(rows))
+    report(0)
     cols = list(dict.fromkeys([*columns, "ra", "dec"]))
     upload = _upload_body(rows, ra, dec)
     select = ", ".join(f"m.{identifier(c)}" for c in cols)
@@ -303,6 +321,7 @@ def match_by_upload(tap: TapClient, ra: np.ndarray, dec: np.ndarray, valid: np.n
 
     body, used = tap.with_dialect(run, dialect)
     t = read_table(body)
+    report(len(rows))
     log.info("matching: %d positions by one TAP upload (%s dialect) in %.0f ms", len(rows),
              used, (time.monotonic() - t0) * 1000)
     if len(t) == 0:
