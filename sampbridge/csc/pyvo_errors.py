@@ -17,7 +17,9 @@ __all__ = ["translated"]
 def _cause(exc: BaseException) -> BaseException | None:
     seen = exc
     for _ in range(5):
-        nxt = getattr(seen, "cause", None) or seen.__cause__ or seen.__context__
+        nxt = getattr(seen, "cause", None)       # pyvo's own; may be text, not an exception
+        if not isinstance(nxt, BaseException):
+            nxt = seen.__cause__ or seen.__context__
         if nxt is None:
             return None
         if isinstance(nxt, requests.exceptions.RequestException):
