@@ -194,3 +194,15 @@ def test_a_plain_session_tries_once(server):
     resp = http.request(requests.Session(), "GET", server.url("/busy-once"), "cone",
                         timeout=5)
     assert resp.status_code == 503 and server.hits["/busy-once"] == 1
+
+
+def test_pyvos_own_requests_retry_busy_answers_but_not_read_timeouts(server):
+    """Requests sent on the session directly (as pyvo does) get the adapter's default."""
+    import requests
+
+    session = http.make_session(2, 0.5, retries=2)
+    assert session.get(server.url("/busy-once")).status_code == 200
+    assert server.hits["/busy-once"] == 2
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        session.get(server.url("/slow-once"))
+    assert server.hits["/slow-once"] == 1

@@ -52,7 +52,7 @@ class TimeoutSession(requests.Session):
     retries : int
         Retries of a request after a transient failure (``http.retries``), by urllib3 on the
         session's adapter (:class:`.retry.RetryAdapter`); what is retried is said in
-        :mod:`.retry`.  pyvo's requests on this session get the same policy.
+        :mod:`.retry`.  pyvo's requests on this session get it too, without read retries.
     """
 
     def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 120.0,
@@ -62,7 +62,8 @@ class TimeoutSession(requests.Session):
         self.compress = compress
         self.retries = retries
         self.headers["User-Agent"] = USER_AGENT
-        adapter = RetryAdapter(pool_connections=8, pool_maxsize=32, max_retries=policy(retries))
+        adapter = RetryAdapter(pool_connections=8, pool_maxsize=32,
+                               max_retries=policy(retries, reads=False))
         self.mount("http://", adapter)
         self.mount("https://", adapter)
 

@@ -5,10 +5,12 @@ what may be retried.  The rules:
 
 - a connection that never opened (refused, no route, connect timeout) is tried again whatever
   the method: the service saw nothing;
-- a read failure (read timeout, connection dropped mid-answer) and an answer of 429, 502, 503
-  or 504 are tried again for GET and HEAD, and for a POST that is an idempotent query (a TAP
-  ``/sync`` query, :func:`policy` ``idempotent=True``), then without read retries: a query
-  that ran out of read time would run out again;
+- an answer of 429, 502, 503 or 504 is tried again for GET and HEAD, and for a POST that is
+  an idempotent query (a TAP ``/sync`` query, :func:`policy` ``idempotent=True``);
+- a read failure (read timeout, connection dropped mid-answer) is tried again for a GET sent
+  through :func:`.http.request` (a cone, a download), never for a POST (a query that ran out
+  of read time would run out again) nor for pyvo's own requests on the session (a SIAP
+  search or a job poll: one read timeout is long enough);
 - never for a POST that changes state on the server (creating a TAP async job, running or
   deleting one): a second job would be left behind;
 - the wait before a retry is urllib3's backoff (0 s, then ``backoff`` x 2, x 4 ..., at most
@@ -97,7 +99,7 @@ class DeadlineRetry(Retry):
         return nxt
 
 
-def policy(retries: int, *, idempotent: bool = False,
+def policy(retries: int, *, idempotent: bool = False, reads: bool = True,
            give_up_at: float | None = None) -> DeadlineRetry:
     """Return the retry policy of one call (see the module's rules).
 
@@ -109,12 +111,15 @@ def policy(retries: int, *, idempotent: bool = False,
         The call is a POST that may be repeated (a TAP ``/sync`` query): its 429/502/503/504
         answers are retried too.  A GET is retried anyway; a POST that is not idempotent is
         retried only when no connection was made.
+    reads : bool
+        Retry a GET after a read failure too (False: only connections and busy answers).
     give_up_at : float, optional
         A :func:`time.monotonic` time after which no retry starts.
     """
     n = max(0, int(retries))
     return DeadlineRetry(
-        total=n, connect=n, read=False if idempotent or not n else n, status=n, other=0,
+        total=n, connect=n, read=n if reads and n and not idempotent else False, status=n,
+        other=0,
         redirect=False, backoff_factor=BACKOFF, backoff_max=BACKOFF_MAX,
         status_forcelist=RETRY_STATUS, respect_retry_after_header=True,
         allowed_methods=_SAFE | {"POST"} if idempotent else _SAFE,
