@@ -78,6 +78,12 @@ def _ds9_counts(st: PeerStack, image: Callable[[int], bool], table: Callable[[in
     return got
 
 
+def _ds9(st: PeerStack) -> None:
+    """Start DS9 unless it runs (the tests share it; each may run alone)."""
+    if not st.is_running("ds9"):
+        st.start_ds9()
+
+
 class Bridge:
     """``python -m sampbridge run`` on the stack's hub, stopped by SIGTERM."""
 
@@ -124,7 +130,7 @@ def test_the_hub_stopped_then_running(stack: PeerStack, look: Callable[[], Findi
 
 
 def test_ds9_alone_does_not_broadcast(stack: PeerStack, look: Callable[[], Findings]) -> None:
-    stack.start_ds9()
+    _ds9(stack)
     got = look()
     assert got["DS9"].level == "OK" and "SAOImageDS9" in got["DS9"].text
     assert got["sampbridge"].level == "FAIL"
@@ -137,6 +143,7 @@ def test_ds9_alone_does_not_broadcast(stack: PeerStack, look: Callable[[], Findi
 
 def test_a_votable_subscriber_is_not_a_table_subscriber_for_ds9(
         stack: PeerStack, look: Callable[[], Findings]) -> None:
+    _ds9(stack)
     with stack.connect_client("listener", ["image.load.fits", "table.load.votable"]):
         f = look()["DS9 clicks"]
         assert f.level == "FAIL"
@@ -172,6 +179,7 @@ def _pan_is_broadcast(st: PeerStack, tries: int = 3) -> None:
 
 def test_sampbridge_alone_is_enough_for_ds9(stack: PeerStack, look: Callable[[], Findings],
                                             vo_server: str, tmp_path: Path) -> None:
+    _ds9(stack)
     bridge = Bridge(stack, tmp_path / "bridge", vo_server)
     try:
         got = look()
@@ -191,6 +199,7 @@ def test_sampbridge_alone_is_enough_for_ds9(stack: PeerStack, look: Callable[[],
 
 def test_without_table_subscriptions_ds9_needs_topcat(
         stack: PeerStack, look: Callable[[], Findings], vo_server: str, tmp_path: Path) -> None:
+    _ds9(stack)
     bridge = Bridge(stack, tmp_path / "bridge", vo_server, tables={"subscribe": False})
     try:
         f = look()["DS9 clicks"]
@@ -255,3 +264,34 @@ def test_aladin_reading_another_home_is_a_failure(stack: PeerStack,
         assert f.fix == f"restart Aladin as: java -Duser.home={stack.home} -jar aladin.jar"
     finally:
         stack._kill("aladin-elsewhere")
+
+
+def test_a_desktop_in_order_exits_0(stack: PeerStack, vo_server: str, tmp_path: Path) -> None:
+    """The command itself, as the user runs it: every viewer, sampbridge, the mimic."""
+    _ds9(stack)
+    bridge = Bridge(stack, tmp_path / "bridge", vo_server)
+    stack.start_topcat()
+    stack.start_aladin()
+    try:
+        run = subprocess.run([sys.executable, "-m", "sampbridge", "doctor", "--config",
+                              str(tmp_path / "bridge" / "sampbridge.yaml")], env=stack.env,
+                             capture_output=True, text=True, timeout=120)
+        lines = run.stdout.splitlines()
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert run.stderr == ""
+        assert [line.split()[0] for line in lines[:-1]] == ["OK"] * 10 + ["INFO", "OK"]
+        assert [line.split(":")[0].split(None, 1)[1] for line in lines[:-1]] == [
+            "hub", "sampbridge", "TOPCAT", "DS9", "Aladin", "DS9 clicks", "Aladin's lockfile",
+            "cone service", "SIAP service", "TAP service", "mirror", "results folder"]
+        assert lines[-1] == "all 12 checks passed"
+        # and one thing wrong: sampbridge gone
+        bridge.stop()
+        run = subprocess.run([sys.executable, "-m", "sampbridge", "doctor", "--no-services"],
+                             env=stack.env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 1
+        assert "FAIL  sampbridge: sampbridge is not registered with this hub, so clicks go " \
+               "nowhere -> start it: sampbridge run" in run.stdout
+    finally:
+        bridge.stop()
+        stack.stop_peer("aladin")
+        stack.stop_peer("topcat")
