@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.table import Table
-from conftest import local_config
 
 from sampbridge.config import Config
 from sampbridge.csc import http
@@ -33,6 +32,8 @@ from sampbridge.mirror import (
     status,
 )
 from sampbridge.mirror.fields import parse_fields
+
+from conftest import local_config
 
 pytestmark = pytest.mark.server
 
@@ -118,18 +119,18 @@ def test_1000_cones_give_the_service_rows_and_values(mirror: Mirror, vo_server: 
     s = http.make_session(5, 60, "no")
     svc = ConeService(services(vo_server)["cone"], s)
     cones = _cones(mirror, N_CONES)
-    with ThreadPoolExecutor(16) as pool:
-        bodies = list(pool.map(lambda c: svc.fetch_body(c[0], c[1], c[2], 2)[0], cones))
-    s.close()
     fields = None
     rows = 0
-    for (ra, dec, r), body in zip(cones, bodies, strict=True):
-        local, n = cone_votable(mirror, ra, dec, r, 2, "test")
-        if fields is None:
-            fields = parse_fields(body)
-            assert parse_fields(local) == fields        # names, types, units, UCDs, order
-        _same(read_table(body), read_table(local), f"cone {ra} {dec} r={r}")
-        rows += n
+    with ThreadPoolExecutor(16) as pool:       # compared here while the next ones download
+        bodies = pool.map(lambda c: svc.fetch_body(c[0], c[1], c[2], 2)[0], cones)
+        for (ra, dec, r), body in zip(cones, bodies, strict=True):
+            local, n = cone_votable(mirror, ra, dec, r, 2, "test")
+            if fields is None:
+                fields = parse_fields(body)
+                assert parse_fields(local) == fields    # names, types, units, UCDs, order
+            _same(read_table(body), read_table(local), f"cone {ra} {dec} r={r}")
+            rows += n
+    s.close()
     assert rows > 5 * N_CONES                           # the cones were not all empty
 
 

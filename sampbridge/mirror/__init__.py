@@ -6,7 +6,7 @@ clients, release, columns, paths, parallelism, a progress callback), never a ``C
 See docs/mirror.md.
 """
 
-from .build import ELLIPSE, build
+from .builder import ELLIPSE, build
 from .errors import MirrorError, MirrorUnusable
 from .query import cone_rows, cone_votable, match, table, write_cone
 from .status import open_mirror, status

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .build import JOURNAL
+from .builder import JOURNAL
 from .errors import MirrorUnusable
 from .store import Mirror, check_pins, read_manifest, release_dir
 
