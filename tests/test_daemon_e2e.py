@@ -17,8 +17,6 @@ from astropy.io import fits
 from astropy.io.votable import parse_single_table
 from astropy.wcs import WCS
 
-from sampbridge.samp.connection import Message
-
 from conftest import local_config, wait_for
 from helpers import GUIDE, direct_cone, names, path_of
 
@@ -425,29 +423,6 @@ def test_recipients_that_come_and_go_are_seen_at_once(no_images, make_daemon, ma
         want = ["topcat", "Aladin"] if i == 1 else ["topcat"]
         assert sorted(resp["samp.result"]["sent-to"]) == sorted(want), (i, resp)
     assert len(aladin.of("table.load.votable")) == 1
-
-
-def test_a_subscriber_list_older_than_a_hub_event_is_not_kept(no_images, make_daemon,
-                                                              make_peer, monkeypatch):
-    """A lookup that a hub event overtakes (a client subscribed meanwhile) is not cached:
-    otherwise a result kept during a hub outage could miss TOPCAT joining the new hub."""
-    d = make_daemon(no_images)
-    make_peer("topcat", ["table.load.votable"])
-    client = d.conn._client
-    original = client.get_subscribed_clients
-
-    def overtaken(mtype):
-        answer = original(mtype)
-        d.conn._on_subscriptions(Message("hub", "hub", "samp.hub.event.subscriptions",
-                                         {"id": "c9"}, None, d.conn))
-        return answer
-
-    monkeypatch.setattr(client, "get_subscribed_clients", overtaken)
-    assert [n for _, n in d.conn.targets("table.load.votable", ["*"])] == ["topcat"]
-    assert "table.load.votable" not in d.conn._subs
-    monkeypatch.setattr(client, "get_subscribed_clients", original)
-    d.conn.targets("table.load.votable", ["*"])
-    assert "table.load.votable" in d.conn._subs
 
 
 def test_connect_mode_waits_for_a_late_hub(no_images, samp_home):
