@@ -308,22 +308,22 @@ def test_crash_after_the_result_landed_does_not_run_again(vo_server, qdir, tmp_p
 
 def test_exception_in_a_handler_does_not_kill_the_watcher(folder, qdir, monkeypatch):
     calls = {"n": 0}
-    real = folder._run
+    real = folder.runner.run
 
-    def flaky(path, base):
+    def flaky(path, plan):
         calls["n"] += 1
         if path.name == "boom.yaml":
             raise RuntimeError("simulated bug")
-        return real(path, base)
+        return real(path, plan)
 
-    monkeypatch.setattr(folder, "_run", flaky)
+    monkeypatch.setattr(folder.runner, "run", flaky)
     (qdir / "boom.yaml").write_text("cone: {ra: 1, dec: 2}\n")
     wait_answered(qdir, 1)
     assert "unexpectedly" in (qdir / "failed" / "boom.yaml.error.txt").read_text()
     (qdir / "after.yaml").write_text("cone: {ra: 246.7925, dec: -24.32027}\n")
     lines = wait_answered(qdir, 2)
     assert " OK after.yaml" in lines[1]
-    assert folder._observer.is_alive()
+    assert folder.watcher.observer.is_alive()
 
 
 def _table_names(path: Path, col: str = "name") -> list[str]:
