@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import yaml
 
 from .config import MAX_YAML_BYTES, Config, YAMLRefused, compose_strict, plain_value
-from .model import ConeRequest, RequestError, SiapRequest, TapRequest, _show, match_options
+from .model import ConeRequest, RequestError, SiapRequest, TapRequest, match_options, quoted
 from .safefile import FileMissing, FileRefused, check_regular, read_regular
 
 __all__ = ["QueryFileError", "MatchFileRequest", "FileRequest", "parse_query_file",
@@ -56,11 +57,15 @@ class MatchFileRequest:
     root: Path | None = None
 
 
+#: Every request a query file may hold.
+Request = ConeRequest | SiapRequest | TapRequest | MatchFileRequest
+
+
 @dataclass
 class FileRequest:
     """One runnable request from a query file, with its delivery options."""
 
-    request: ConeRequest | SiapRequest | TapRequest | MatchFileRequest
+    request: Request
     kind: str
     send_to: list[str] | None = None
     name: str | None = None
@@ -104,7 +109,7 @@ def _parse_adql(path: Path, text: str, cfg: Config) -> list[FileRequest]:
             continue
         key, value = m.group(1).lower(), m.group(2)
         if key not in _ADQL_OPTIONS:
-            raise QueryFileError(f"{path.name}, line {lineno}: unknown option {_show(key)} "
+            raise QueryFileError(f"{path.name}, line {lineno}: unknown option {quoted(key)} "
                                  f"(known: {', '.join(_ADQL_OPTIONS)}); write other comments "
                                  "without a colon after the first word")
         opts[key] = value
@@ -124,7 +129,6 @@ def _parse_adql(path: Path, text: str, cfg: Config) -> list[FileRequest]:
     return [FileRequest(req, "tap", send, req.name)]
 
 
-_KINDS = ("cone", "siap", "tap", "match")
 _COMMON = ("send_to", "name")
 
 
@@ -145,7 +149,7 @@ def _plain(path: Path, node: yaml.Node) -> Any:
 
 def _table_path(path: Path, table: str, root: Path, cfg: Config) -> Path:
     """Return the table's path, which must be a regular file inside ``root``."""
-    label = _show(table)
+    label = quoted(table)
     given = Path(table)
     if ".." in given.parts:
         raise RequestError(f"the table {label} goes up out of the folder with '..'; only files "
@@ -167,6 +171,48 @@ def _table_path(path: Path, table: str, root: Path, cfg: Config) -> Path:
     return tpath
 
 
+@dataclass(frozen=True)
+class _Origin:
+    """Where a YAML request came from: its file, the folder it must stay in, its ``name``."""
+
+    path: Path
+    root: Path
+    name: str | None
+
+
+def _cone(params: dict[str, Any], cfg: Config, at: _Origin) -> ConeRequest:
+    return ConeRequest.from_params(params, cfg)
+
+
+def _siap(params: dict[str, Any], cfg: Config, at: _Origin) -> SiapRequest:
+    return SiapRequest.from_params(params, cfg)
+
+
+def _tap(params: dict[str, Any], cfg: Config, at: _Origin) -> TapRequest:
+    if at.name and "name" not in params:
+        params["name"] = at.name
+    return TapRequest.from_params(params, cfg)
+
+
+def _match(params: dict[str, Any], cfg: Config, at: _Origin) -> MatchFileRequest:
+    unknown = sorted(set(params) - {"table", "radius", "mode"})
+    if unknown:
+        raise RequestError(f"unknown parameter for a match: {quoted(', '.join(unknown))} "
+                           "(allowed: table, radius, mode)")
+    table = params.get("table")
+    if not isinstance(table, str) or not table.strip():
+        raise RequestError("'table' is missing: give the table file to match")
+    radius, mode = match_options(params)    # the same check as a SAMP match's
+    tpath = _table_path(at.path, table, at.root, cfg)
+    return MatchFileRequest(tpath, at.name or tpath.stem, radius, mode, at.root)
+
+
+#: The request a YAML key makes, by kind: a new kind is one entry here and one builder.
+_BUILDERS: dict[str, Callable[[dict[str, Any], Config, _Origin], Request]] = {
+    "cone": _cone, "siap": _siap, "tap": _tap, "match": _match}
+_KINDS = tuple(_BUILDERS)
+
+
 def _one_yaml(path: Path, node: yaml.Node, cfg: Config, where: str,
               root: Path) -> FileRequest:
     if not isinstance(node, yaml.MappingNode):
@@ -175,7 +221,7 @@ def _one_yaml(path: Path, node: yaml.Node, cfg: Config, where: str,
     keys = {str(k.value): (k, v) for k, v in node.value}
     for key, (knode, _) in keys.items():
         if key not in _KINDS and key not in _COMMON:
-            raise _yaml_error(path, knode, f"unknown key {_show(key)} (expected one of "
+            raise _yaml_error(path, knode, f"unknown key {quoted(key)} (expected one of "
                               f"{', '.join(_KINDS)}, plus optional {', '.join(_COMMON)})")
     kinds = [k for k in keys if k in _KINDS]
     if len(kinds) != 1:
@@ -194,25 +240,7 @@ def _one_yaml(path: Path, node: yaml.Node, cfg: Config, where: str,
     params = {str(k): (str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
               for k, v in params.items()}
     try:
-        if kind == "cone":
-            req: Any = ConeRequest.from_params(params, cfg)
-        elif kind == "siap":
-            req = SiapRequest.from_params(params, cfg)
-        elif kind == "tap":
-            if name and "name" not in params:
-                params["name"] = name
-            req = TapRequest.from_params(params, cfg)
-        else:
-            unknown = sorted(set(params) - {"table", "radius", "mode"})
-            if unknown:
-                raise RequestError(f"unknown parameter for a match: {_show(', '.join(unknown))} "
-                                   "(allowed: table, radius, mode)")
-            table = params.get("table")
-            if not isinstance(table, str) or not table.strip():
-                raise RequestError("'table' is missing: give the table file to match")
-            radius, mode = match_options(params)    # the same check as a SAMP match's
-            tpath = _table_path(path, table, root, cfg)
-            req = MatchFileRequest(tpath, name or tpath.stem, radius, mode, root)
+        req = _BUILDERS[kind](params, cfg, _Origin(path, root, name))
     except (RequestError, ValueError) as exc:
         raise _yaml_error(path, vnode, f"{kind}: {_brief(exc)}") from None
     return FileRequest(req, kind, send, name)

@@ -17,7 +17,7 @@ import pytest
 
 from sampbridge.engine import Engine
 from sampbridge.folder import QueryFolder
-from sampbridge.model import _show
+from sampbridge.model import quoted
 
 from conftest import wait_for
 from helpers import BOMB_LEVELS, GB3, SECRET, peak_rss_growth
@@ -116,7 +116,7 @@ HOSTILE: list[tuple[str, Callable[[Path, Path], None], str]] = [
 
 def expected(sentence: str, outside: Path) -> str:
     """The sentence for this run (a long path is shown cut, as every user value in an error)."""
-    return sentence.replace("'{OUT}/creds.csv'", _show(str(outside / "creds.csv")))
+    return sentence.replace("'{OUT}/creds.csv'", quoted(str(outside / "creds.csv")))
 
 
 def status_lines(qdir: Path) -> list[str]:
