@@ -184,6 +184,22 @@ class Progress:
                     self._tqdm.set_postfix_str(text, refresh=True)
         self._tell()
 
+    # -- hooks in the shapes the lower layers call ----------------------------------------
+    def on_phase(self, phase: str, elapsed: float | None = None) -> None:
+        """Take a TAP job's ``on_phase(phase, elapsed)`` (:mod:`sampbridge.csc.tapjobs`).
+
+        ``elapsed`` is ignored: the time shown is this progress's own.
+        """
+        self.phase(phase)
+
+    def on_count(self, done: float, total: float | None = None) -> None:
+        """Take a running count, ``progress(done, total)`` (:mod:`sampbridge.match`)."""
+        if total is not None and total != self.total:
+            self.set_total(total)
+        step = done - self._done
+        if step > 0:
+            self.update(step)
+
     def state(self, finished: bool = False) -> State:
         """Return the progress so far."""
         return State(self.desc, self._done, self.total, self.unit, self._phase,

@@ -138,3 +138,19 @@ def test_a_stream_without_isatty_is_not_a_terminal() -> None:
 def test_durations_read_well(secs: float, text: str) -> None:
     st = progress.State("x", 0, None, "", None, secs)
     assert st.text() == f"x: running, {text}"
+
+
+def test_the_hooks_of_a_tap_job_and_of_a_match() -> None:
+    seen: list[progress.State] = []
+    with progress.phases("TAP job", stream=io.StringIO(), listener=seen.append) as job:
+        job.on_phase("QUEUED", 0.0)
+        job.on_phase("EXECUTING", 1.5)
+    assert [s.phase for s in seen[:2]] == ["QUEUED", "EXECUTING"]
+    seen.clear()
+    with progress.bar(None, "match", stream=io.StringIO(), listener=seen.append) as m:
+        m.on_count(0, 1000)
+        m.on_count(250, 1000)
+        m.on_count(250, 1000)          # no step: no update
+        m.on_count(1000, 1000)
+    assert [(s.done, s.total) for s in seen] == [(0, 1000), (250, 1000), (1000, 1000),
+                                                 (1000, 1000)]
