@@ -6,6 +6,7 @@ users, a slow service) or ``FAIL`` (a click will do nothing: no hub, no sampbrid
 the subscribers it needs, an unreachable service). The exit status is 0 when no line is a
 ``WARN`` or a ``FAIL``, else 1. The rooms:
 
+- :mod:`.findings`: a :class:`Finding`, its line, the report and the exit status;
 - :mod:`.desktop`: the SAMP hub, sampbridge, TOPCAT, DS9 (and its subscriber rule), Aladin;
 - :mod:`.aladin`: where a running (or future) Aladin looks for the hub's lockfile;
 - :mod:`.local`: the services (a tiny timed query each), the mirror, the folders' modes.
