@@ -327,3 +327,25 @@ def test_run_without_samp_prints_and_exits(vo_server: str, tmp_path: Path) -> No
     assert doctor.run(cfg, 10, lines.append, samp=False) == 0, lines
     assert lines[-1].startswith("all ")
     assert os.stat(res).st_mode & 0o777 == 0o700
+
+
+def test_the_command_without_a_hub(samp_home: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"results:\n  dir: {tmp_path / 'res'}\nfolder:\n  enabled: false\n")
+    run = subprocess.run([sys.executable, "-m", "sampbridge", "doctor", "--no-services",
+                          "--config", str(cfg)], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ))
+    assert run.returncode == 1
+    assert run.stderr == ""
+    lines = run.stdout.splitlines()
+    assert lines[0] == (f"FAIL  hub: no SAMP hub runs: there is no lockfile {samp_home}/.samp "
+                        "($SAMP_HUB) -> start TOPCAT or Aladin, or 'sampbridge run' (each "
+                        "starts a hub when none runs)")
+    assert lines[-1].startswith("1 FAIL, 0 WARN of ")
+    bad = subprocess.run([sys.executable, "-m", "sampbridge", "doctor", "--timeout", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "--timeout: must be a number of seconds above 0, not '0'" in bad.stderr
