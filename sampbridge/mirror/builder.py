@@ -28,7 +28,6 @@ from ..csc.adql import identifier
 from ..csc.cone import ConeService
 from ..csc.errors import CSCError, ServiceTimeout, ServiceUnreachable
 from ..csc.tap import TapClient
-from ..csc.votable import read_table
 from .errors import MirrorError
 from .fields import parse_fields
 from .slices import Slice, SliceSource, Split
@@ -81,7 +80,7 @@ def _fields(cone: ConeService) -> dict[str, list[dict]]:
 def _tap_columns(src: SliceSource) -> list[str]:
     body = src.tap.sync_body(f"SELECT TOP 1 * FROM {identifier(src.table)}", 1,
                              what="mirror build TAP query")
-    return list(read_table(body).colnames)
+    return [f["attrs"].get("name", "") for f in parse_fields(body)]     # no row is parsed
 
 
 def _choose(wanted: Sequence[str] | str | None, verbs: dict[str, list[dict]], verb: int,
@@ -258,13 +257,15 @@ def build(tap: TapClient, cone: ConeService, *, table: str, release: str, root: 
         first = [Slice(360.0 * i / n0, 360.0 * (i + 1) / n0) for i in range(n0)]
         _run(src, journal, first, total, parallel, progress, cancel or threading.Event())
         got = sum(d["rows"] for d in journal.done.values())
-        again = src.count(Slice(0.0, 360.0))
+        with ThreadPoolExecutor(1, thread_name_prefix="mirror-recount") as one:
+            recount = one.submit(src.count, Slice(0.0, 360.0))     # while the table is written
+            info = _assemble(work, journal, src.columns)
+            again = recount.result()
         if got != total or again != total:
             raise MirrorError(f"the TAP service {tap.url} changed its row count during the "
                               f"build ({total} rows at the start, {again} at the end, {got} "
                               "fetched); run `sampbridge mirror build` again once the "
                               "service is stable")
-        info = _assemble(work, journal, src.columns)
         fits_path = work / "new" / FITS_NAME
         manifest = {"format": FORMAT_VERSION, "release": release, "table": table,
                     "services": {"tap": tap.url, "cone": cone.url},

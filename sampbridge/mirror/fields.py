@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import html
 import io
-import math
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["parse_fields", "votable_bytes", "cell_text"]
+__all__ = ["parse_fields", "votable_bytes"]
 
 #: FIELD attributes repeated, in this order
 _ATTRS = ("name", "ID", "datatype", "arraysize", "width", "precision", "unit", "ucd", "utype",
@@ -65,21 +64,24 @@ def parse_fields(body: bytes) -> list[dict[str, Any]]:
     return fields
 
 
-def cell_text(value: Any, datatype: str, masked: bool) -> str:
-    """Return one TABLEDATA cell: booleans ``T``/``F``, nulls empty, floats shortest repr."""
-    if masked:
-        return ""
-    if datatype == "boolean":
-        return "T" if value else "F"
+def _column_cells(values: np.ndarray, mask: np.ndarray | None, datatype: str) -> list[str]:
+    """Return the ``<TD>`` cells of one column (one formatter per column, not per cell)."""
+    if datatype == "float":
+        text = [str(v) for v in np.asarray(values, dtype=np.float32)]
+    elif datatype == "double":
+        text = [repr(v) for v in np.asarray(values, dtype=float).tolist()]
+    elif datatype == "boolean":
+        text = ["T" if v else "F" for v in np.asarray(values).tolist()]
+    elif datatype in ("char", "unicodeChar"):
+        text = [html.escape(v.decode() if isinstance(v, bytes) else str(v), quote=False)
+                for v in values]
+    else:
+        text = [str(v) for v in np.asarray(values).astype(np.int64).tolist()]
+    bad = np.zeros(len(text), bool) if mask is None else np.asarray(mask, bool).copy()
     if datatype in ("float", "double"):
-        f = float(value)
-        if math.isnan(f):
-            return ""
-        return str(np.float32(value)) if datatype == "float" else repr(f)
-    if datatype in ("char", "unicodeChar"):
-        text = value.decode() if isinstance(value, bytes) else str(value)
-        return html.escape(text, quote=False)
-    return str(int(value))
+        bad |= np.isnan(np.asarray(values, dtype=float))
+    return ["<TD/>" if b or not t else f"<TD>{t}</TD>"
+            for t, b in zip(text, bad.tolist(), strict=True)]
 
 
 def _attr(v: str) -> str:
@@ -122,13 +124,8 @@ def votable_bytes(fields: Sequence[dict[str, Any]], columns: Sequence[tuple[np.n
         else:
             out.append(f"<FIELD {text}/>\n")
     out.append("<DATA><TABLEDATA>\n")
-    types = [f["attrs"].get("datatype", "char") for f in fields]
-    n = len(columns[0][0]) if columns else 0
-    for i in range(n):
-        cells = []
-        for (values, mask), dt in zip(columns, types, strict=True):
-            c = cell_text(values[i], dt, bool(mask is not None and mask[i]))
-            cells.append(f"<TD>{c}</TD>" if c else "<TD/>")
-        out.append("<TR>" + "".join(cells) + "</TR>\n")
+    cells = [_column_cells(values, mask, f["attrs"].get("datatype", "char"))
+             for (values, mask), f in zip(columns, fields, strict=True)]
+    out.extend("<TR>" + "".join(row) + "</TR>\n" for row in zip(*cells, strict=True))
     out.append("</TABLEDATA></DATA>\n</TABLE>\n</RESOURCE>\n</VOTABLE>\n")
     return "".join(out).encode("utf-8")
