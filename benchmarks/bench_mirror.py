@@ -123,6 +123,70 @@ print(json.dumps({{"rows": m.rows, "open": statistics.median(opens),
     return child(code)
 
 
+def scale_build_steps(big: Path, work: Path, slices: int = 9) -> tuple[dict, float, dict, float]:
+    """At the big mirror's scale: parse one 50,000-row TABLEDATA slice, and assemble parts.
+
+    The first child writes part files as a build saves them (and one slice as the CXC TAP's
+    TABLEDATA, by the mirror's own writer); the second only parses that slice with
+    ``read_table`` (as a build does) and assembles the parts, so its peak RSS is the build's
+    own after the downloads.
+    """
+    prep = f"""
+import json
+import numpy as np
+from pathlib import Path
+from sampbridge.mirror import open_mirror
+from sampbridge.mirror.fields import votable_bytes
+m = open_mirror(Path("{big}"), "2.1", {{}})
+work = Path("{work}"); work.mkdir(parents=True, exist_ok=True)
+order = np.argsort(m.ra, kind="stable")
+done = {{}}
+for k, rows in enumerate(np.array_split(order, {slices})):
+    arrays = {{}}
+    for c in m.columns:
+        v, mk = m.column(c, rows)
+        arrays["v_" + c] = v
+        if mk is not None and mk.any():
+            arrays["m_" + c] = mk
+    np.savez(work / f"part-{{k}}.npz", **arrays)
+    done[str(k)] = {{"a": float(k), "b": float(k + 1), "rows": len(rows),
+                    "part": f"part-{{k}}.npz"}}
+(work / "journal.json").write_text(json.dumps({{"head": {{}}, "done": done}}))
+rows = order[:50000]
+fields = m.manifest["verbs"]["3"]
+fields = [f for f in fields if f["attrs"]["name"] in m.stored]
+body = votable_bytes(fields, [m.column(f["attrs"]["name"], rows) for f in fields], name="s",
+                     params={{}})
+(work / "slice.vot").write_bytes(body)
+print(json.dumps({{"columns": m.columns, "slice_bytes": len(body)}}))
+"""
+    info, _ = child(prep)
+    run_parse = f"""
+import json, time
+from pathlib import Path
+from sampbridge.csc.votable import read_table
+from sampbridge.mirror.tabledata import fast_columns
+body = (Path("{work}") / "slice.vot").read_bytes()
+t0 = time.perf_counter(); cols = fast_columns(body, {info["columns"]!r})
+fast = time.perf_counter() - t0
+t0 = time.perf_counter(); t = read_table(body)
+print(json.dumps({{"seconds": fast, "astropy": time.perf_counter() - t0, "rows": len(t)}}))
+"""
+    parse, rss_parse = child(run_parse)
+    parse["slice_bytes"] = info["slice_bytes"]
+    run_asm = f"""
+import json, time
+from pathlib import Path
+from sampbridge.mirror.builder import _Journal, _assemble
+work = Path("{work}")
+j = _Journal(work, {{}})
+t0 = time.perf_counter(); out = _assemble(work, j, {info["columns"]!r})
+print(json.dumps({{"seconds": time.perf_counter() - t0, "rows": out["rows"]}}))
+"""
+    asm, rss_asm = child(run_asm)
+    return parse, rss_parse, asm, rss_asm
+
+
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
@@ -250,6 +314,13 @@ def main(argv: list[str] | None = None) -> str:
     row(f"synthetic {r['rows']:,} rows: match {args.million:,} positions, 3\" all pairs "
         f"({r['pairs']:,} pairs)", f"{r['match']:.2f} s")
     row("  peak RSS of that child (open + cones + match)", f"{rss_big:.0f} MB")
+    parse, _rss, asm, rss_a = scale_build_steps(big, tmp / "parts")
+    row(f"build at {r['rows']:,} rows: parse one 50,000-row TABLEDATA slice "
+        f"({parse['slice_bytes'] / 1e6:.1f} MB, the build's fast path)",
+        f"{parse['seconds']:.2f} s", f"astropy read_table {parse['astropy']:.2f} s",
+        parse["astropy"] / parse["seconds"])
+    row(f"build at {asm['rows']:,} rows: assemble 9 parts, sort, write FITS, sha256",
+        f"{asm['seconds']:.2f} s", f"peak RSS {rss_a:.0f} MB")
     shutil.rmtree(tmp, ignore_errors=True)
     text = "\n".join(lines) + "\n"
     print(text)

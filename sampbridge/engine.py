@@ -82,7 +82,7 @@ class Engine:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.session = http.make_session(cfg["http.connect_timeout"], cfg["http.read_timeout"],
-                                         cfg["http.compress"])
+                                         cfg["http.compress"], retries=cfg["http.retries"])
         retries = cfg["http.retries"]
         self.cone = ConeService(cfg["services.cone"], self.session, cfg["results.max_bytes"],
                                 retries)

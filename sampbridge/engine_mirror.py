@@ -82,7 +82,8 @@ class MirrorSide:
                          (time.perf_counter() - t0) * 1000)
             except MirrorUnusable as exc:
                 self.reason = str(exc)
-                level = logging.INFO if exc.state == "absent" else logging.WARNING
+                # no mirror at all is the usual case: said only under -v (and in status)
+                level = logging.DEBUG if exc.state == "absent" else logging.WARNING
                 if self.cfg["cone.source"] == "mirror":
                     level = logging.WARNING
                 log.log(level, "mirror not used, the service answers: %s", exc)

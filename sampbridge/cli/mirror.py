@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from .parser import Subparsers
 
-__all__ = ["register", "build", "status", "remove", "progress_reporter"]
+__all__ = ["register", "build", "status", "remove"]
 
 log = logging.getLogger(__name__)
 
@@ -39,35 +37,6 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     r.set_defaults(handler=remove)
 
 
-def progress_reporter(tty: bool) -> tuple[Callable[[int, int], None], Callable[[], None]]:
-    """Return (report, close): a tqdm bar on a terminal, else a log line every 10 %."""
-    if tty:
-        from tqdm import tqdm  # type: ignore[import-untyped]
-
-        bar: Any = None
-
-        def report(done: int, total: int) -> None:
-            nonlocal bar
-            if bar is None:
-                bar = tqdm(total=total, unit="rows", unit_scale=True, desc="mirror",
-                           file=sys.stderr)
-            bar.update(done - bar.n)
-
-        def close() -> None:
-            if bar is not None:
-                bar.close()
-        return report, close
-
-    last = [-1]
-
-    def log_line(done: int, total: int) -> None:
-        step = int(10 * done / total) if total else 10
-        if step != last[0]:
-            last[0] = step
-            log.info("mirror build: %d of %d rows", done, total)
-    return log_line, lambda: None
-
-
 def _side(args: argparse.Namespace) -> Any:
     from ..config import load_config
     from ..csc import http
@@ -87,13 +56,16 @@ def _side(args: argparse.Namespace) -> Any:
 
 def build(args: argparse.Namespace) -> int:
     """Build (or resume) the mirror and print what was built."""
+    from .. import progress
+
     side, session = _side(args)
-    report, close = progress_reporter(sys.stderr.isatty())
     t0 = time.monotonic()
     try:
-        m = side.build(columns="all" if args.columns == "all" else None, progress=report)
+        # a tqdm bar on a terminal, else a log line every 10 s (sampbridge/progress.py)
+        with progress.bar(None, "mirror build", unit="rows") as bar:
+            m = side.build(columns="all" if args.columns == "all" else None,
+                           progress=bar.on_count)
     finally:
-        close()
         session.close()
     print(f"mirror of CSC {m['release']} built: {m['rows']:,} rows, {len(m['columns'])} "
           f"columns, {m['bytes'] / 1e6:.1f} MB in {time.monotonic() - t0:.1f} s at "

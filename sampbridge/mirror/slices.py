@@ -22,6 +22,7 @@ from ..csc.errors import CSCError, ServiceError, ServiceTimeout, ServiceUnreacha
 from ..csc.tap import TapClient
 from ..csc.votable import overflowed, read_table
 from .errors import MirrorError
+from .tabledata import fast_columns
 
 __all__ = ["Slice", "SliceSource", "where", "Split"]
 
@@ -60,6 +61,24 @@ def where(s: Slice) -> str:
     if s.b < 360.0:
         parts.append(f"ra < {number(s.b)}")
     return (" WHERE " + " AND ".join(parts)) if parts else ""
+
+
+def _astropy_columns(body: bytes, columns: Sequence[str]
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """Read the slice with astropy (any VOTable serialization), nulls as masks."""
+    t = read_table(body)
+    out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+    for c in columns:
+        col = t[c]
+        mask = np.ma.getmaskarray(col)
+        kind = col.dtype.kind
+        fill = False if kind == "b" else "" if kind in "OUS" else 0
+        vals = np.asarray(col.filled(fill) if hasattr(col, "filled") else col)
+        if kind in "OS":        # variable-length char (arraysize="*") comes as objects
+            vals = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in vals],
+                            dtype=str)
+        out[c] = (vals, mask)
+    return out
 
 
 def _transient(exc: CSCError) -> bool:
@@ -111,10 +130,10 @@ class SliceSource:
         MirrorError
             When the service's row count changed between the count and the rows.
         """
-        cols = ", ".join(identifier(c) for c in self.columns)
+        select = ", ".join(identifier(c) for c in self.columns)
         counted = self.pool.submit(self.count, s)       # asked at the same time as the rows
         try:
-            body = self._ask(f"SELECT {cols} FROM {identifier(self.table)}{where(s)}",
+            body = self._ask(f"SELECT {select} FROM {identifier(self.table)}{where(s)}",
                              self.slice_rows)
         finally:
             n = counted.result()
@@ -123,28 +142,21 @@ class SliceSource:
                 raise Split
             raise MirrorError(f"more than {self.slice_rows} rows at RA {s.a:g} deg: raise "
                               "mirror.slice_rows")
-        t = read_table(body)
-        if len(t) != n:
+        cols = fast_columns(body, list(self.columns)) or _astropy_columns(body, self.columns)
+        got = len(next(iter(cols.values()))[0])
+        if got != n:
             again = self.count(s)
             raise MirrorError(f"the TAP service {self.tap.url} changed its row count during the "
-                              f"build (RA {s.a:g}-{s.b:g} deg: {n} rows counted, {len(t)} "
+                              f"build (RA {s.a:g}-{s.b:g} deg: {n} rows counted, {got} "
                               f"sent{'' if again == n else f', then {again} counted'}); run "
                               "`sampbridge mirror build` again once the service is stable")
         if n == 0:
             return 0, None
         name = f"part-{s.a!r}-{s.b!r}.npz"
         arrays: dict[str, Any] = {}
-        for c in self.columns:
-            col = t[c]
-            mask = np.ma.getmaskarray(col)
-            kind = col.dtype.kind
-            fill = False if kind == "b" else "" if kind in "OUS" else 0
-            vals = np.asarray(col.filled(fill) if hasattr(col, "filled") else col)
-            if kind in "OS":        # variable-length char (arraysize="*") comes as objects
-                vals = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in vals],
-                                dtype=str)
-            arrays["v_" + c] = vals
-            if mask.any():
+        for c, (values, mask) in cols.items():
+            arrays["v_" + c] = values
+            if mask is not None and mask.any():
                 arrays["m_" + c] = mask
         tmp = self.work / (name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

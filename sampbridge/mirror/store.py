@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import stat
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,8 @@ class Mirror:
         self.tree = cKDTree(unit_vectors(self.ra, self.dec), balanced_tree=False,
                             compact_nodes=False)
         self.stored = {c["name"]: c for c in manifest["columns"]}
+        self._fields: dict[str, Any] = {}
+        self._lock = threading.Lock()
 
     @property
     def release(self) -> str:
@@ -189,7 +192,13 @@ class Mirror:
     def column(self, name: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Return the values of column ``name`` at ``rows`` and their null mask (or None)."""
         info = self.stored[name]
-        raw = self.data.field(name)[rows]
+        col = self._fields.get(name)
+        if col is None:
+            with self._lock:       # astropy converts a column at its first access: once only
+                col = self._fields.get(name)
+                if col is None:
+                    col = self._fields[name] = self.data.field(name)
+        raw = col[rows]
         null = info.get("null")
         if info["store"] == "bool":
             arr = np.asarray(raw, dtype=np.uint8)
