@@ -1,0 +1,64 @@
+"""The Dask client a scale job runs on: a local cluster, or a scheduler at an address."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import ScaleError, require
+
+__all__ = ["dask_client", "LOCAL_WORKERS"]
+
+log = logging.getLogger(__name__)
+
+#: workers of the default local cluster
+LOCAL_WORKERS = 2
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None = None, *, workers: int = LOCAL_WORKERS,
+                processes: bool = False, timeout: float = 30.0) -> Iterator[Any]:
+    """Yield a ``distributed.Client``: to ``scheduler`` if given, else on a local cluster.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        Address of a running Dask scheduler (``tcp://host:8786``).  Its workers must read the
+        HATS catalogue at the same path as this process.
+    workers : int
+        Workers of the local cluster (one thread each).
+    processes : bool
+        Local workers as processes (True) or threads of this process (False: no listening
+        socket at all, and no start-up cost).
+    timeout : float
+        Seconds to wait for the scheduler.
+
+    Raises
+    ------
+    ScaleError
+        When the scheduler cannot be reached.
+    """
+    require("dask", "distributed")
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout=timeout)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ScaleError(f"cannot reach the Dask scheduler at {scheduler} ({exc}); start "
+                             "one (`dask scheduler`, then `dask worker ADDRESS`) or leave out "
+                             "--dask-scheduler for a local cluster") from None
+        log.info("scale: on the Dask scheduler at %s", scheduler)
+        with client:
+            yield client
+        return
+    # no dashboard; threads talk in process (inproc://), processes over loopback only
+    where = {"host": "127.0.0.1"} if processes else {}
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
+                           dashboard_address=None, **where)
+    log.info("scale: on a local Dask cluster of %d %s", workers,
+             "processes" if processes else "threads")
+    with cluster, Client(cluster) as client:
+        yield client
