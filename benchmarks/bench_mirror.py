@@ -31,8 +31,10 @@ HERE = Path(__file__).parent
 
 def child(code: str) -> tuple[dict, float]:
     """Run ``code`` in a fresh Python; return the JSON it prints and its own peak RSS in MB."""
-    code += ("\nimport resource as _r\n"
-             "print(json.dumps({'rss': _r.getrusage(_r.RUSAGE_SELF).ru_maxrss}))\n")
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report its
+    # parent's peak when that was higher
+    code += ("\nimport re as _re\n_s = open('/proc/self/status').read()\n"
+             "print(json.dumps({'rss': int(_re.search(r'VmHWM:\\s+(\\d+)', _s).group(1))}))\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=1200, cwd=HERE)
     if p.returncode:

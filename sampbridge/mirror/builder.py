@@ -18,7 +18,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -173,26 +173,38 @@ def _run(src: SliceSource, journal: _Journal, first: list[Slice], total: int, pa
 
 
 def _assemble(work: Path, journal: _Journal, columns: list[str]) -> dict:
-    """Concatenate the part files, sort by declination and write the FITS table."""
-    parts = sorted(journal.done.values(), key=lambda d: d["a"])
-    values: dict[str, list[np.ndarray]] = {c: [] for c in columns}
-    masks: dict[str, list[np.ndarray]] = {c: [] for c in columns}
-    for d in parts:
-        if not d["part"]:
-            continue
-        with np.load(work / d["part"]) as z:
-            for c in columns:
+    """Sort the part files' rows by declination and write the FITS table, a column at a time.
+
+    Only the positions are loaded whole first (for the order); every other column is read from
+    the parts, sorted and converted to its FITS form before the next one is read, so the peak
+    memory is about the finished table plus one column, not several copies of the whole.
+    """
+    parts = [work / d["part"] for d in sorted(journal.done.values(), key=lambda d: d["a"])
+             if d["part"]]
+
+    def load(c: str) -> tuple[np.ndarray, np.ndarray]:
+        values, masks = [], []
+        for p in parts:
+            with np.load(p) as z:
                 v = z["v_" + c]
-                values[c].append(v)
-                masks[c].append(z["m_" + c] if "m_" + c in z else np.zeros(len(v), bool))
-    cols = {c: (np.concatenate(values[c]), np.concatenate(masks[c])) for c in columns}
-    order = np.lexsort((cols["ra"][0], cols["dec"][0]))
-    cols = {c: (v[order], m[order]) for c, (v, m) in cols.items()}
+                values.append(v)
+                masks.append(z["m_" + c] if "m_" + c in z else np.zeros(len(v), bool))
+        return np.concatenate(values), np.concatenate(masks)
+
+    order = np.lexsort((load("ra")[0], load("dec")[0]))
+    raw = [0]
+
+    def sorted_columns() -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        for c in columns:
+            v, m = load(c)
+            v, m = v[order], m[order]
+            raw[0] += (int(np.char.str_len(v).sum()) if v.dtype.kind == "U"
+                       else int(v.dtype.itemsize) * len(v))
+            yield c, v, m
+
     new = private_dir(work / "new")
-    how = write_fits(new / FITS_NAME, cols)
-    raw = sum(int(v.dtype.itemsize) * len(v) if v.dtype.kind != "U" else
-              int(np.char.str_len(v).sum()) for v, _ in cols.values())
-    return {"columns": how, "raw_bytes": raw, "rows": len(order)}
+    how = write_fits(new / FITS_NAME, sorted_columns())
+    return {"columns": how, "raw_bytes": raw[0], "rows": len(order)}
 
 
 def build(tap: TapClient, cone: ConeService, *, table: str, release: str, root: Path,

@@ -8,6 +8,7 @@ has no lower bound and the last no upper one, so together they hold every row.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,10 @@ from .errors import MirrorError
 from .tabledata import fast_columns
 
 __all__ = ["Slice", "SliceSource", "where", "Split"]
+
+
+#: parsing a slice takes about twice its body in memory; downloads stay parallel
+_PARSING = threading.Lock()
 
 
 class Split(Exception):
@@ -142,7 +147,10 @@ class SliceSource:
                 raise Split
             raise MirrorError(f"more than {self.slice_rows} rows at RA {s.a:g} deg: raise "
                               "mirror.slice_rows")
-        cols = fast_columns(body, list(self.columns)) or _astropy_columns(body, self.columns)
+        with _PARSING:     # one slice parsed at a time: ~100 MB each at 50,000 rows
+            cols = fast_columns(body, list(self.columns)) or _astropy_columns(body,
+                                                                             self.columns)
+        del body
         got = len(next(iter(cols.values()))[0])
         if got != n:
             again = self.count(s)

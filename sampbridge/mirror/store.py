@@ -17,7 +17,7 @@ import os
 import shutil
 import stat
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +108,12 @@ def _fits_column(name: str, values: np.ndarray, mask: np.ndarray | None) -> tupl
 
 
 def write_fits(path: Path, columns: Mapping[str, tuple[np.ndarray, np.ndarray | None]]
-               ) -> list[dict]:
+               | Iterable[tuple[str, np.ndarray, np.ndarray | None]]) -> list[dict]:
     """Write ``columns`` (values, null mask) as a FITS binary table at ``path`` (mode 0600).
+
+    ``columns`` is a mapping of name to (values, mask), or an iterable of (name, values, mask)
+    that is consumed one column at a time: each is converted to its FITS form before the next
+    is asked for, so a caller that loads columns lazily holds one raw column at a time.
 
     Returns
     -------
@@ -120,8 +124,11 @@ def write_fits(path: Path, columns: Mapping[str, tuple[np.ndarray, np.ndarray | 
     from astropy.io import fits
 
     cols, how = [], []
-    for name, (values, mask) in columns.items():
+    items = ((n, v, m) for n, (v, m) in columns.items()) if isinstance(columns, Mapping) \
+        else columns
+    for name, values, mask in items:
         col, info = _fits_column(name, values, mask)
+        del values, mask
         cols.append(col)
         how.append({"name": name, **info})
     with quiet_astropy():
