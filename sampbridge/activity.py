@@ -108,9 +108,10 @@ class Activity:
                 self._counters["errors"] = self._counters.get("errors", 0) + 1
         return entry
 
-    def begin(self, sender: str, mtype: str, what: str) -> Pending:
-        """Start timing a request; give it to :meth:`end` when it is over."""
-        return Pending(sender, mtype, what, self._clock())
+    def begin(self, sender: str, mtype: str, what: str, *,
+              received: float | None = None) -> Pending:
+        """Start timing a request (received now, or at ``received``); :meth:`end` records it."""
+        return Pending(sender, mtype, what, self._clock() if received is None else received)
 
     def end(self, pending: Pending) -> Entry:
         """Record a request begun with :meth:`begin`, its time taken measured from then."""

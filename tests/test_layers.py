@@ -39,6 +39,7 @@ def test_the_layer_contracts_are_kept() -> None:
     ("samp/hub.py", "from ..csc import names", "csc-samp-apart"),
     ("model.py", "from .csc.names import safe_name", "model-neutral"),
     ("engine.py", "from .samp import connection", "samp-joined-by-daemon"),
+    ("activity.py", "from .errors import SampBridgeError", "activity-neutral"),
 ])
 def test_a_leak_breaks_its_contract(tmp_path: Path, module: str, line: str,
                                     contract: str) -> None:

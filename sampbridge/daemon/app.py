@@ -8,6 +8,7 @@ query side (:mod:`sampbridge.engine`).  Each room does one job:
 - :mod:`.imageload`: an image in, the sources of its footprint out;
 - :mod:`.overlays`: error ellipses on DS9 and Aladin; :mod:`.delivery`: results out, backlog;
 - :mod:`.calls`: worker pools, the reply each call is owed, the early 'pending' reply;
+- :mod:`.status`: ``x-sampbridge.status``; :mod:`.ticker`: ``samp.msg.progress`` of long calls;
 - :mod:`.params`: reading params and the sentences that go back; :mod:`.desk`: shared state.
 """
 
@@ -30,6 +31,7 @@ from .imageload import ImageLoad
 from .overlays import Overlays
 from .pointat import PointAt
 from .queries import MTYPE_CONE, MTYPE_SIAP, MTYPE_TAP, Queries
+from .status import MTYPE_STATUS, Status
 from .tablecalls import MTYPE_MATCH, TableCalls
 
 __all__ = ["DESCRIPTION", "Daemon"]
@@ -68,6 +70,8 @@ class Daemon:
         self.queries = Queries(desk, self.calls)
         self.tables = TableCalls(desk, self.calls, self.pointat)
         self.images_in = ImageLoad(desk, self.calls, self.delivery, self.overlays)
+        folder_dir = Path(os.path.expandvars(cfg["folder.dir"])).expanduser()
+        self.status = Status(desk, self.calls, folder_dir if cfg["folder.enabled"] else None)
         self.conn = desk.conn = HubConnection(
             "sampbridge", DESCRIPTION, __version__, self._handlers(), mode=cfg["hub.mode"],
             ping_interval=cfg["hub.ping_interval"], call_timeout=cfg["hub.call_timeout"],
@@ -76,13 +80,13 @@ class Daemon:
         self.folder: QueryFolder | None = None
         if cfg["folder.enabled"]:
             self.folder = QueryFolder(
-                Path(os.path.expandvars(cfg["folder.dir"])).expanduser(), self.engine,
+                folder_dir, self.engine,
                 self.delivery.file, settle=cfg["folder.settle"],
                 settle_max=cfg["folder.settle_max"], workers=cfg["folder.workers"],
                 scan_interval=cfg["folder.scan_interval"], cancel=self.cancel)
 
     def _handlers(self) -> dict[str, Callable[[Message], None]]:
-        """MType -> handler: every room's, as the configuration enables them."""
+        """MType -> handler: every room's, as the configuration enables them, each counted."""
         cfg = self.cfg
         # image.load.fits is always subscribed, at registration with the rest: DS9 broadcasts
         # a pan's coord.pointAt.sky only while some other client subscribes to it (and DS9
@@ -95,13 +99,26 @@ class Daemon:
             "table.highlight.row": self.tables.on_highlight,
             "table.select.rowList": self.tables.on_select,
             "image.load.fits": self.images_in.on_image_load,
+            MTYPE_STATUS: self.status.on_status,
         }
         if cfg["tables.subscribe"]:
             handlers["table.load.votable"] = self.tables.on_table_load
             handlers["table.load.fits"] = self.tables.on_table_load
         if cfg["pointat.enabled"]:
             handlers["coord.pointAt.sky"] = self.pointat.on_point_at
-        return handlers
+        return {mtype: self._counted(handler) for mtype, handler in handlers.items()}
+
+    def _counted(self, handler: Callable[[Message], None]) -> Callable[[Message], None]:
+        """Wrap a handler so that every message (and call) it gets is counted."""
+        activity = self.desk.activity
+
+        def counted(msg: Message) -> None:
+            activity.count("messages")
+            if msg.is_call:
+                activity.count("calls")
+            handler(msg)
+
+        return counted
 
     # -- what the tests and the benchmarks read ----------------------------------------
     @property

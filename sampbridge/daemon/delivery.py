@@ -84,6 +84,8 @@ class Deliverer:
             if not d.ok and not d.pending:
                 log.warning("table.load.votable to %s failed: %s", d.client_name, d.error)
         self.desk.stats["delivered"] += bool(sent)
+        if sent:
+            self.desk.activity.count("tables_sent")
         log.info("%s for %s: %d rows%s in %s -> %s", res.what, origin, res.rows,
                  " (truncated at MAXREC)" if res.overflow else "", ms(res.seconds),
                  recipients(outcomes) or f"nobody (kept at {res.path})")

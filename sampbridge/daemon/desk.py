@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+from ..activity import Activity
 from ..config import Config
 from ..engine import Engine
 from ..flow import EchoGuard
@@ -40,6 +41,8 @@ class Desk:
         Positions just delivered; a viewer echoing one back is not a new click.
     known : KnownTables
         Tables sent to (or by) sampbridge, for highlight and select.
+    activity : Activity
+        The last requests and the counters since start, for ``x-sampbridge.status``.
     conn : HubConnection
         The SAMP client; set by the daemon once every room's handlers are known.
     """
@@ -54,6 +57,12 @@ class Desk:
                       "overlays": 0}
         self.echo = EchoGuard(cfg["echo.window"], cfg["echo.radius"])
         self.known = KnownTables(cfg["tables.cache_size"])
+        self.activity = Activity()
+
+    def failed(self) -> None:
+        """Count a failure that no recorded request carries (an image or overlay of a click)."""
+        self.stats["errors"] += 1
+        self.activity.count("errors")
 
 
 class AnsweringRoom:

@@ -7,6 +7,7 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..activity import Pending
 from ..errors import SampBridgeError
 from ..imagein import ImageError, footprint_cone, read_fits_header
 from ..model import ConeRequest, RequestError
@@ -52,9 +53,13 @@ class ImageLoad(AnsweringRoom):
             return
         label = (name or "").strip() or Path(url.rstrip("/")).name or "image"
         log.info("%s from %s: %s", msg.mtype, msg.sender_name, clip(url, 200))
+        pending = self.desk.activity.begin(msg.sender_name, msg.mtype,
+                                           f"sources of image {clip(label, 60)}")
         timer = self.calls.accept(msg)
-        if self.calls.submit(self._run, msg, url.strip(), label, timer) is None:
+        if self.calls.submit(self._run, msg, url.strip(), label, timer, pending) is None:
             self.calls.release(msg, timer)
+            pending.error = "sampbridge is stopping"
+            self.desk.activity.end(pending)
 
     def footprint(self, url: str) -> Footprint:
         """Return the cone that covers an image (radius clamped to ``cone.max_radius``)."""
@@ -70,7 +75,8 @@ class ImageLoad(AnsweringRoom):
         return Footprint(ra, dec, most, f"the image spans {radius:.3g} deg from its centre; "
                          f"only the central {most:g} deg (cone.max_radius) is searched")
 
-    def _run(self, msg: Message, url: str, label: str, timer: threading.Timer | None) -> None:
+    def _run(self, msg: Message, url: str, label: str, timer: threading.Timer | None,
+             pending: Pending) -> None:
         accepted = False
         try:
             fp = self.footprint(url)
@@ -85,27 +91,30 @@ class ImageLoad(AnsweringRoom):
                           "radius": f"{fp.radius:.6g}", "note": fp.note or None})
             accepted = True
             self.calls.release(msg)
-            self._sources(req, label)
+            pending.rows = self._sources(req, label)
         except SampBridgeError as exc:
-            self.calls.refuse_or_fail(msg, exc, accepted)
+            self.calls.refuse_or_fail(msg, exc, accepted, pending)
         except OSError as exc:
-            self.calls.refuse_or_fail(msg, RequestError(f"file error: {exc}"), accepted)
+            self.calls.refuse_or_fail(msg, RequestError(f"file error: {exc}"), accepted, pending)
         except Exception as exc:  # the worker must always reply
             log.exception("%s from %s failed", msg.mtype, msg.sender_name)
-            self.calls.refuse_or_fail(msg, exc, accepted)
+            self.calls.refuse_or_fail(msg, exc, accepted, pending)
         finally:
             self.calls.release(msg, timer)
+            self.desk.activity.end(pending)
 
-    def _sources(self, req: ConeRequest, label: str) -> None:
-        """Run the footprint's cone and send its table, and the overlay to the image viewers."""
+    def _sources(self, req: ConeRequest, label: str) -> int:
+        """Run the footprint's cone, send its table and the overlay; return the table's rows."""
         origin = f"image {label}"
         overlays = self.overlays.viewers()
         if overlays and req.verb != OVERLAY_VERB:
             self.calls.submit(self.overlays.from_cone, replace(req, verb=OVERLAY_VERB),
                               overlays, origin, None)
+        self.desk.activity.count("cones")
         table = self.desk.engine.run_cone(req)
         self.desk.stats["queries"] += 1
         table = replace(table, name=f"CSC {self.cfg['release']} sources of {label}")
         self.deliver.table(table, origin)
         if overlays and req.verb == OVERLAY_VERB:
             self.overlays.send(table.path, overlays, origin)
+        return table.rows

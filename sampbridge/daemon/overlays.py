@@ -114,9 +114,10 @@ class Overlays:
         dest = folder / f"cone-{uuid.uuid4().hex[:12]}.vot"
         try:
             try:
+                self.desk.activity.count("cones")
                 res = engine.run_cone(req, dest=dest)
             except CSCError as exc:
-                self.desk.stats["errors"] += 1
+                self.desk.failed()
                 log.error("overlay for %s: %s", origin, error_text(exc))
                 return
             self.send(res.path, targets, origin, stale)
@@ -129,7 +130,7 @@ class Overlays:
         try:
             ellipses = read_ellipses(path)
         except Exception as exc:  # a table that cannot be read draws nothing
-            self.desk.stats["errors"] += 1
+            self.desk.failed()
             log.error("overlay for %s: cannot read the cone table %s (%s)", origin, path.name,
                       exc.__class__.__name__)
             return

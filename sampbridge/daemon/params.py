@@ -10,9 +10,9 @@ from typing import Any
 
 from ..csc.errors import CSCError
 from ..errors import Cancelled, SampBridgeError
-from ..model import RequestError
+from ..model import ConeRequest, RequestError, SiapRequest, TapRequest
 
-__all__ = ["clip", "debug_text", "error_text", "kind", "ms", "row_number", "show",
+__all__ = ["clip", "debug_text", "describe", "error_text", "kind", "ms", "row_number", "show",
            "text_param"]
 
 
@@ -87,3 +87,14 @@ def debug_text(exc: BaseException) -> str | None:
         parts = [f"url={exc.url}" if exc.url else "", f"http={exc.status}" if exc.status else ""]
         return " ".join(p for p in parts if p) or None
     return None
+
+
+def describe(req: object) -> str:
+    """Say in a few words what a request runs, for the status: 'cone 83.63310 +22.01450 r=30"'."""
+    if isinstance(req, ConeRequest):
+        return f'cone {req.ra:.5f} {req.dec:+.5f} r={req.radius * 3600:.4g}"'
+    if isinstance(req, SiapRequest):
+        return f"images {req.ra:.5f} {req.dec:+.5f} size={req.size:g}"
+    if isinstance(req, TapRequest):
+        return f"TAP '{clip(' '.join(req.adql.split()), 60)}'"
+    return clip(str(req), 120)

@@ -24,7 +24,7 @@ from .calls import CallRunner
 from .delivery import Deliverer
 from .desk import AnsweringRoom, Desk
 from .overlays import OVERLAY_VERB, Overlays, OverlayTarget
-from .params import error_text, ms
+from .params import describe, error_text, ms
 
 __all__ = ["SAME_CLICK_SECONDS", "SAME_POSITION_ARCSEC", "Click", "PointAt"]
 
@@ -41,13 +41,19 @@ SAME_CLICK_SECONDS = 2.0
 
 @dataclass(frozen=True)
 class Click:
-    """A sky position to answer: where, who sent it (name and client id), and when."""
+    """A sky position to answer: where, who sent it (name and client id), and when.
+
+    ``received`` is ``time.perf_counter()`` (for the latency), ``at`` the wall-clock time
+    (for the activity record), ``mtype`` the message that carried it.
+    """
 
     ra: float
     dec: float
     sender: str
     sender_id: str
     received: float
+    mtype: str = "coord.pointAt.sky"
+    at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -95,11 +101,17 @@ class PointAt(AnsweringRoom):
             stats["echoes"] += 1
             log.info("%s from %s: %.5f %+.5f ignored (echo of a delivered result)",
                      msg.mtype, msg.sender_name, ra, dec)
+            self.echoed(msg, ra, dec)
             msg.reply_ok({"ignored": "echo"})
             return
         log.info("%s from %s: %.5f %+.5f", msg.mtype, msg.sender_name, ra, dec)
         self.click(msg, ra, dec)
         msg.reply_ok({"accepted": "1"})
+
+    def echoed(self, msg: Message, ra: float, dec: float) -> None:
+        """Keep in the activity record a position ignored as the echo of a delivered result."""
+        self.desk.activity.record(msg.sender_name, msg.mtype,
+                                  f"{ra:.5f} {dec:+.5f} ignored: the echo of a result just sent")
 
     def click(self, msg: Message, ra: float, dec: float) -> None:
         """Offer a position to the coalescer, unless it repeats the one just offered.
@@ -120,7 +132,7 @@ class PointAt(AnsweringRoom):
                      msg.sender_name)
             return
         self.coalescer.submit(Click(ra, dec, msg.sender_name, msg.sender_id,
-                                    time.perf_counter()))
+                                    time.perf_counter(), msg.mtype, time.time()))
 
     def _stale(self, seq: int) -> bool:
         return self.coalescer.superseded(seq)
@@ -139,26 +151,37 @@ class PointAt(AnsweringRoom):
         extras = self.calls.submit(self._extras, click, seq)
         if extras is not None:
             self.work.append(extras)
+        req = ConeRequest(ra, dec, self.cfg["cone.radius"], verb)
+        activity = self.desk.activity
+        entry = activity.begin(click.sender, click.mtype, describe(req), received=click.at)
+        activity.count("clicks")
+        activity.count("cones")
         try:
-            table = self.desk.engine.run_cone(ConeRequest(ra, dec, self.cfg["cone.radius"],
-                                                          verb))
+            table = self.desk.engine.run_cone(req)
+            entry.rows = table.rows
         except CSCError as exc:
             self.desk.stats["errors"] += 1
-            log.error("pointAt from %s: %s", click.sender, error_text(exc))
+            entry.error = error_text(exc)
+            log.error("pointAt from %s: %s", click.sender, entry.error)
             table = None
         self.desk.stats["queries"] += 1
-        if self.coalescer.superseded(seq):
-            log.info("result for %.5f %+.5f superseded by a newer position; not sent", ra, dec)
-            return
-        self.desk.echo.remember((ra, dec))
-        if table is not None:
-            self.deliver.table(table, click.sender)
-            if verb == OVERLAY_VERB:        # the table has the ellipses: draw from it
-                self.calls.submit(self._overlay_from_table, table.path, click, seq)
-        self.last_latency = time.perf_counter() - click.received
-        self.done += 1
-        log.debug("pointAt %.5f %+.5f: message to table delivered %s", ra, dec,
-                  ms(self.last_latency))
+        try:
+            if self.coalescer.superseded(seq):
+                entry.what += " (superseded by a newer position: not sent)"
+                log.info("result for %.5f %+.5f superseded by a newer position; not sent", ra,
+                         dec)
+                return
+            self.desk.echo.remember((ra, dec))
+            if table is not None:
+                self.deliver.table(table, click.sender)
+                if verb == OVERLAY_VERB:        # the table has the ellipses: draw from it
+                    self.calls.submit(self._overlay_from_table, table.path, click, seq)
+            self.last_latency = time.perf_counter() - click.received
+            self.done += 1
+            log.debug("pointAt %.5f %+.5f: message to table delivered %s", ra, dec,
+                      ms(self.last_latency))
+        finally:
+            activity.end(entry)
 
     def _extras(self, click: Click, seq: int) -> None:
         """On a worker, beside the click's cone: its images, and its overlay's own cone."""
@@ -210,11 +233,12 @@ class PointAt(AnsweringRoom):
         """Find and download a click's image, and send it to the viewers that did not click."""
         if self.coalescer.superseded(seq):
             return
+        self.desk.activity.count("images")
         try:
             img = self.desk.engine.run_siap(SiapRequest(click.ra, click.dec,
                                                         self.cfg["images.size"]))
         except CSCError as exc:
-            self.desk.stats["errors"] += 1
+            self.desk.failed()
             log.error("pointAt from %s: %s", click.sender, error_text(exc))
             return
         if self.coalescer.superseded(seq):

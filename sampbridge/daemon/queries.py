@@ -7,10 +7,12 @@ name here and a handler beside these, and register it in :mod:`.app`.
 
 from __future__ import annotations
 
+from ..engine import TableResult
 from ..model import ConeRequest, SiapRequest, TapRequest
 from ..samp import Message
-from .calls import CallRunner
+from .calls import CallRunner, hooks
 from .desk import Desk
+from .ticker import CallProgress
 
 __all__ = ["MTYPE_CONE", "MTYPE_SIAP", "MTYPE_TAP", "Queries"]
 
@@ -38,16 +40,21 @@ class Queries:
         """Handle :data:`MTYPE_CONE` (``ra``, ``dec``, ``radius``, ``verb``)."""
         engine = self.desk.engine
         self.calls.query(msg, lambda: ConeRequest.from_params(msg.params, self.desk.cfg),
-                         engine.run_cone)
+                         lambda req, _progress: engine.run_cone(req), counter="cones")
 
     def on_siap(self, msg: Message) -> None:
         """Handle :data:`MTYPE_SIAP` (``ra``, ``dec``, ``size``)."""
         engine = self.desk.engine
         self.calls.query(msg, lambda: SiapRequest.from_params(msg.params, self.desk.cfg),
-                         engine.run_siap)
+                         lambda req, _progress: engine.run_siap(req), counter="images")
 
     def on_tap(self, msg: Message) -> None:
         """Handle :data:`MTYPE_TAP` (``adql``, ``maxrec``, ``name``), on the long pool."""
-        engine = self.desk.engine
         self.calls.query(msg, lambda: TapRequest.from_params(msg.params, self.desk.cfg),
-                         lambda req: engine.run_tap(req, cancel=self.desk.cancel), long=True)
+                         self._tap, long=True, counter="tap")
+
+    def _tap(self, req: TapRequest, progress: CallProgress) -> TableResult:
+        """Run a TAP query, its job's creation and phases (where the engine tells) as progress."""
+        run = self.desk.engine.run_tap
+        return run(req, cancel=self.desk.cancel,
+                   **hooks(run, on_job=progress.on_job, on_phase=progress.on_phase))

@@ -15,10 +15,11 @@ from ..model import RequestError, match_options
 from ..safefile import ensure_private_dir
 from ..samp import Message
 from ..tables import KnownTable, TableError, fetch_table
-from .calls import CallRunner
+from .calls import CallRunner, hooks
 from .desk import Desk
 from .params import clip, row_number, text_param
 from .pointat import PointAt
+from .ticker import CallProgress
 
 __all__ = ["MTYPE_MATCH", "MatchJob", "TableCalls"]
 
@@ -74,7 +75,7 @@ class TableCalls:
     def on_match(self, msg: Message) -> None:
         """Handle the match MType: fetch the table, match it, send and reply the result."""
         self.calls.query(msg, lambda: self._job(msg), self.match, prepare=self.fetch,
-                         long=True)
+                         long=True, counter="matches")
 
     def _job(self, msg: Message, rows: tuple[int, ...] | None = None) -> MatchJob:
         p = msg.params
@@ -98,8 +99,11 @@ class TableCalls:
         self.desk.known.put(entry)
         return replace(job, entry=entry)
 
-    def match(self, job: MatchJob) -> MatchResult:
-        """Match a fetched table (or its selected rows) against the CSC."""
+    def match(self, job: MatchJob, progress: CallProgress | None = None) -> MatchResult:
+        """Match a fetched table (or its selected rows) against the CSC.
+
+        ``progress`` hears of the positions matched so far, where the engine tells.
+        """
         assert job.entry is not None
         table = job.entry.table(self.cfg["tables.max_rows"])
         rows = None
@@ -112,8 +116,9 @@ class TableCalls:
 
             rows = np.asarray(job.rows, dtype=int)
         name = job.name if rows is None else f"{job.name} [{len(rows)} selected]"
-        return self.desk.engine.run_match(table, name, rows=rows, radius_arcsec=job.radius,
-                                          mode=job.mode)
+        run = self.desk.engine.run_match
+        offered = {} if progress is None else hooks(run, progress=progress.on_rows)
+        return run(table, name, rows=rows, radius_arcsec=job.radius, mode=job.mode, **offered)
 
     # -- rows of a known table ----------------------------------------------------------
     def _known(self, msg: Message) -> KnownTable | None:
@@ -150,6 +155,7 @@ class TableCalls:
         log.info("%s from %s: row %d of '%s' at %.5f %+.5f", msg.mtype, msg.sender_name, row,
                  entry.name, ra, dec)
         if self.desk.echo.is_echo(ra, dec):
+            self.pointat.echoed(msg, ra, dec)
             msg.reply_ok({"ignored": "echo"})
             return
         self.pointat.click(msg, ra, dec)
@@ -172,4 +178,4 @@ class TableCalls:
                 raise RequestError("'row-list' must hold row numbers only") from None
             return MatchJob(entry.url, entry.table_id, entry.name, rows, entry=entry)
 
-        self.calls.query(msg, build, self.match, long=True)
+        self.calls.query(msg, build, self.match, long=True, counter="matches")
