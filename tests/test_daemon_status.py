@@ -85,3 +85,20 @@ def test_a_click_a_call_and_a_refusal_are_in_the_last_requests(cfg, make_daemon,
     assert counters["tables_sent"] >= 2 and counters["errors"] == 2
     assert counters["messages"] == 5 and counters["calls"] == 3
     assert st["query_folder"] == cfg["folder.dir"]
+
+
+def test_a_match_is_in_the_last_requests_with_its_rows(cfg, make_daemon, make_peer,
+                                                       tmp_path) -> None:
+    make_daemon(cfg.replace(**{"images.enabled": False}))
+    table = tmp_path / "mine.csv"
+    table.write_text("name,ra,dec\na,246.7925,-24.32027\n")
+    topcat = make_peer("topcat", ["table.load.votable"])
+    sid = topcat.find("sampbridge")
+    done = topcat.call(sid, "x-sampbridge.match.table", {"url": table.as_uri(), "name": "mine"},
+                       timeout=60)
+    assert done["samp.status"] == "samp.ok", done
+    st = _status(topcat, sid)
+    [match] = [r for r in st["recent"] if r["mtype"] == "x-sampbridge.match.table"]
+    assert match["what"].startswith("match 'mine'") and match["error"] is None
+    assert match["rows"] == int(done["samp.result"]["rows"]) and match["ms"] > 0
+    assert st["counters"]["matches"] == 1 and st["counters"]["tables_sent"] == 1
