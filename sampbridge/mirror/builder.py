@@ -30,7 +30,7 @@ from ..csc.errors import CSCError, ServiceTimeout, ServiceUnreachable
 from ..csc.tap import TapClient
 from .errors import MirrorError
 from .fields import parse_fields
-from .slices import Slice, SliceSource, Split
+from .slices import Slice, SliceSource, _Split
 from .store import (
     FITS_NAME,
     FORMAT_VERSION,
@@ -158,7 +158,7 @@ def _run(src: SliceSource, journal: _Journal, first: list[Slice], total: int, pa
                     s = running.pop(fut)
                     try:
                         n, part = fut.result()
-                    except Split:
+                    except _Split:
                         for h in s.halves():
                             submit(h)
                         continue

@@ -25,14 +25,14 @@ from ..csc.votable import overflowed, read_table
 from .errors import MirrorError
 from .tabledata import fast_columns
 
-__all__ = ["Slice", "SliceSource", "where", "Split"]
+__all__ = ["Slice", "SliceSource", "where"]
 
 
 #: parsing a slice takes about twice its body in memory; downloads stay parallel
 _PARSING = threading.Lock()
 
 
-class Split(Exception):
+class _Split(Exception):
     """The slice holds more rows than one request may bring: split it in two."""
 
 
@@ -129,7 +129,7 @@ class SliceSource:
 
         Raises
         ------
-        Split
+        _Split
             When the slice is larger than ``slice_rows`` or the service cut it at MAXREC (the
             rows and their count are asked at once: one round trip, not two).
         MirrorError
@@ -144,7 +144,7 @@ class SliceSource:
             n = counted.result()
         if overflowed(body) or n > self.slice_rows:
             if s.b - s.a > 1e-6:
-                raise Split
+                raise _Split
             raise MirrorError(f"more than {self.slice_rows} rows at RA {s.a:g} deg: raise "
                               "mirror.slice_rows")
         with _PARSING:     # one slice parsed at a time: ~100 MB each at 50,000 rows
