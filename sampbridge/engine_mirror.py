@@ -27,7 +27,10 @@ from .mirror import Mirror, MirrorError, MirrorUnusable
 from .model import ConeRequest
 from .results import TableResult
 
-__all__ = ["MirrorSide", "mirror_root"]
+__all__ = ["MirrorSide", "mirror_root", "RECHECK"]
+
+#: seconds between two looks at the mirror's manifest (has a build replaced it?)
+RECHECK = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +66,40 @@ class MirrorSide:
         self.mirror: Mirror | None = None
         self.reason = ""
         self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._checked = 0.0
         if open_now and cfg["cone.source"] != "service":
             self.reopen()
 
-    def reopen(self) -> Mirror | None:
+    def _manifest_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = (mirror_pkg.release_dir(self.root, self.cfg["release"])
+                  / "manifest.json").stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_ino
+
+    def current(self) -> Mirror | None:
+        """Return the mirror, reopened first when a build or a removal changed it.
+
+        At most every :data:`RECHECK` seconds one ``stat`` of the manifest: a ``mirror build``
+        or ``mirror remove`` while a daemon runs takes effect without a restart.
+        """
+        now = time.monotonic()
+        if self.cfg["cone.source"] != "service" and now - self._checked >= RECHECK:
+            self._checked = now
+            if self._manifest_stamp() != self._stamp:
+                self.reopen(close_old=False)     # a cone may still read the old one
+        return self.mirror
+
+    def reopen(self, close_old: bool = True) -> Mirror | None:
         """(Re)open the mirror of the configured release; None, and the reason kept, if none."""
         with self._lock:
             old, self.mirror = self.mirror, None
-            if old is not None:
+            if old is not None and close_old:
                 old.close()
+            self._stamp = self._manifest_stamp()
+            self._checked = time.monotonic()
             try:
                 t0 = time.perf_counter()
                 self.mirror = mirror_pkg.open_mirror(self.root, self.cfg["release"],
@@ -91,14 +119,14 @@ class MirrorSide:
 
     def for_cone(self, verb: int) -> Mirror | None:
         """Return the mirror when it may answer a cone at ``verb``, else None."""
-        m = self.mirror
+        m = self.current()
         if m is None or self.cfg["cone.source"] == "service" or self.cfg["cone.service"] == "tap":
             return None
         return m if m.fields(verb) is not None else None
 
     def for_match(self, columns: Sequence[str]) -> Mirror | None:
         """Return the mirror when it holds every one of ``columns``, else None."""
-        m = self.mirror
+        m = self.current()
         if m is None or self.cfg["cone.source"] == "service":
             return None
         return m if all(c in m.stored for c in columns) else None

@@ -273,3 +273,24 @@ def test_cli_status_json_and_remove(built: Path, vo_server: str, tmp_path: Path,
     assert not (root / "2.1").exists()
     assert main(["mirror", "status", "--config", str(conf)]) == 1
     assert "absent" in capsys.readouterr().out
+
+
+def test_a_running_engine_takes_up_a_new_mirror(built: Path, vo_server: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch):
+    import sampbridge.engine_mirror as em
+
+    monkeypatch.setattr(em, "RECHECK", 0.0)
+    root = tmp_path / "later"
+    e = Engine(local_config(vo_server, tmp_path / "r", **{"mirror.dir": str(root)}))
+    try:
+        assert e.mirror is None
+        first = e.run_cone(ConeRequest(246.79, -24.32, 0.05, 2))
+        assert not first.service_url.startswith("mirror:")
+        shutil.copytree(built, root)                     # as `mirror build` installs one
+        res = e.run_cone(ConeRequest(246.79, -24.32, 0.05, 2))
+        assert res.service_url.startswith("mirror:") and res.rows == first.rows
+        shutil.rmtree(root / "2.1")                      # `mirror remove`
+        again = e.run_cone(ConeRequest(246.79, -24.32, 0.05, 2))
+        assert not again.service_url.startswith("mirror:")
+    finally:
+        e.close()
