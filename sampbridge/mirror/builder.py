@@ -32,6 +32,7 @@ from .errors import MirrorError
 from .fields import parse_fields
 from .slices import Slice, SliceSource, _Split
 from .store import (
+    COMPUTED,
     FITS_NAME,
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -92,7 +93,7 @@ def _choose(wanted: Sequence[str] | str | None, verbs: dict[str, list[dict]], ve
         want = {f["attrs"].get("name") for f in verbs.get(str(verb), [])} | set(ELLIPSE)
     else:
         want = set(wanted) | set(ELLIPSE)
-    want |= {"name", "ra", "dec"}
+    want = (want | {"name", "ra", "dec"}) - set(COMPUTED)
     missing = sorted(want - set(tap_cols))
     if missing:
         log.warning("mirror: the TAP table has no column %s (the cone service names it); it is "

@@ -70,8 +70,9 @@ def cone_votable(m: Mirror, ra: float, dec: float, radius: float, verb: int, nam
     if fields is None:
         raise MirrorError(f"the mirror does not hold every column of VERB={verb}; build it with "
                           "`sampbridge mirror build --columns all` to answer it")
-    rows, _sep = cone_rows(m, ra, dec, radius)
-    cols = [m.column(f["attrs"]["name"], rows) for f in fields]
+    rows, sep = cone_rows(m, ra, dec, radius)
+    cols = [(sep / 3600.0, None) if f["attrs"]["name"] == "_r" else
+            m.column(f["attrs"]["name"], rows) for f in fields]
     params = {"sampbridge_source": "mirror", "csc_release": m.release,
               "mirror_built": str(m.manifest.get("built_at", ""))}
     body = votable_bytes(fields, cols, name=name, params=params,

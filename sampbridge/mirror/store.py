@@ -26,11 +26,13 @@ import numpy as np
 from .._astropy import quiet_astropy
 from .errors import MirrorError, MirrorUnusable
 
-__all__ = ["FORMAT_VERSION", "FITS_NAME", "MANIFEST_NAME", "Mirror", "default_root",
+__all__ = ["COMPUTED", "FORMAT_VERSION", "FITS_NAME", "MANIFEST_NAME", "Mirror", "default_root",
            "release_dir", "write_fits", "sha256_of", "private_dir", "unit_vectors",
            "install"]
 
 FORMAT_VERSION = 1
+#: cone columns computed for each answer, not stored: DaCHS's distance to the cone centre, deg
+COMPUTED = ("_r",)
 FITS_NAME = "mirror.fits"
 MANIFEST_NAME = "manifest.json"
 
@@ -192,7 +194,8 @@ class Mirror:
     def fields(self, verb: int) -> list[dict] | None:
         """Return the cone service's FIELDs at ``verb``, or None when they are not all mirrored."""
         fields = self.manifest.get("verbs", {}).get(str(verb))
-        if not fields or any(f["attrs"].get("name") not in self.stored for f in fields):
+        if not fields or any(f["attrs"].get("name") not in self.stored
+                             and f["attrs"].get("name") not in COMPUTED for f in fields):
             return None
         return list(fields)
 
