@@ -10,9 +10,9 @@ from typing import Any
 
 from ..csc.errors import CSCError
 from ..errors import Cancelled, SampBridgeError
-from ..model import ConeRequest, RequestError, SiapRequest, TapRequest
+from ..model import ConeRequest, RequestError, SiapRequest, TapRequest, quoted
 
-__all__ = ["clip", "debug_text", "describe", "error_text", "kind", "ms", "row_number", "show",
+__all__ = ["clip", "debug_text", "describe", "error_text", "kind", "ms", "row_number",
            "text_param"]
 
 
@@ -24,12 +24,6 @@ def ms(seconds: float) -> str:
 def clip(text: str, limit: int = 80) -> str:
     """Shorten ``text`` to ``limit`` characters, ending in '...' when cut."""
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def show(value: Any) -> str:
-    """Quote a value a person sent, shortened, for a sentence."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "...'"
 
 
 def kind(value: Any) -> str:
@@ -70,7 +64,7 @@ def row_number(value: Any, key: str = "row") -> int:
             return int(str(value).strip())
         except ValueError:
             pass
-        raise RequestError(f"'{key}' must be a row number, not {show(value)}")
+        raise RequestError(f"'{key}' must be a row number, not {quoted(value)}")
     raise RequestError(f"'{key}' must be a row number, not {kind(value)}")
 
 
