@@ -189,6 +189,52 @@ print(json.dumps({{"seconds": time.perf_counter() - t0, "rows": out["rows"]}}))
     return parse, rss_parse, asm, rss_asm
 
 
+def bench_click(tmp: Path, root: Path, n: int) -> tuple[float, float, float]:
+    """Clicks through sampbridge's hub with the mirror: a stand-in TOPCAT sends pointAt.
+
+    Returns the medians of click -> table received by the stand-in, and of the daemon's own
+    message -> table delivered, and the fraction of cones answered from the mirror.
+    """
+    import os
+
+    import pyvo.samp as psamp
+    from bench_daemon import Recorder, wait
+
+    from sampbridge.daemon import Daemon
+    from sampbridge.samp.hub import Hub
+
+    os.environ["HOME"] = str(tmp)
+    os.environ["SAMP_HUB"] = f"std-lockurl:file://{tmp}/.samp"
+    psamp.conf.use_internet = False
+    hub = Hub(addr="127.0.0.1", web_profile=False, lockfile=str(tmp / ".samp"))
+    hub.start(wait=False)
+    wait(lambda: (tmp / ".samp").exists(), 10, "hub lockfile")
+    topcat = Recorder("topcat")
+    clicks, inside, mirrored = [], [], 0
+    try:
+        d = Daemon(config(tmp / "res-click", **{"mirror.dir": str(root)}))
+        d.start(wait=10)
+        sid = topcat.find("sampbridge")
+        for i in range(n):
+            ra, dec = 246.70 + i * 0.01, -24.30
+            k, done = len(topcat.got), d.points_done
+            t0 = time.perf_counter()
+            topcat.point(sid, ra, dec)
+            clicks.append(topcat.wait_name(f"CSC 2.1 cone {ra:.5f}", k) - t0)
+            wait(lambda done=done: d.points_done > done, 10, "the click")
+            inside.append(d.last_latency)
+            params = topcat.got[-1][1]
+            mirrored += "mirror" in str(params.get("name", "")) or \
+                b"sampbridge_source" in Path(params["url"].removeprefix("file://")).read_bytes()
+            wait(lambda: d._active == 0, 30, "the click's image work")
+            time.sleep(d.cfg["pointat.quiet"] + 0.05)
+        d.stop()
+    finally:
+        topcat.close()
+        hub.stop()
+    return statistics.median(clicks), statistics.median(inside), mirrored / n
+
+
 def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
@@ -196,6 +242,7 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--big", type=int, default=407806)
     ap.add_argument("--million", type=int, default=1_000_000)
     ap.add_argument("--no-stilts", action="store_true")
+    ap.add_argument("--clicks", type=int, default=30)
     args = ap.parse_args(argv)
     from pyvo.dal import SCSService
 
@@ -271,6 +318,12 @@ def main(argv: list[str] | None = None) -> str:
         e.close()
     row("Engine.run_cone from the mirror, r=0.05 deg (file written; median of 100)",
         f"{statistics.median(t_eng) * 1e3:.2f} ms")
+
+    c_click, c_inside, share = bench_click(tmp, root, args.clicks)
+    row(f"click -> table received by a stand-in TOPCAT through sampbridge's hub "
+        f"(median of {args.clicks}; {share:.0%} from the mirror; image query beside it)",
+        f"{c_click * 1e3:.1f} ms", "")
+    row("  in the daemon: pointAt received -> table delivered", f"{c_inside * 1e3:.1f} ms")
 
     # -- matching 1000 positions
     pos = positions(1000)
