@@ -110,10 +110,13 @@ class _Journal:
         self.done: dict[str, dict] = {}
         try:
             old = json.loads(self.path.read_text())
-            if old.get("head") == head:
-                self.done = dict(old.get("done", {}))
         except (OSError, ValueError):
-            pass
+            old = {}
+        if old.get("head") == head:
+            self.done = dict(old.get("done", {}))
+        else:                   # another release, service or columns: start afresh
+            for part in work.glob("part-*"):
+                part.unlink(missing_ok=True)
 
     def add(self, s: Slice, rows: int, part: str | None) -> None:
         self.done[s.key] = {"a": s.a, "b": s.b, "rows": rows, "part": part}

@@ -147,9 +147,14 @@ class SliceSource:
                 raise _Split
             raise MirrorError(f"more than {self.slice_rows} rows at RA {s.a:g} deg: raise "
                               "mirror.slice_rows")
-        with _PARSING:     # one slice parsed at a time: ~100 MB each at 50,000 rows
-            cols = fast_columns(body, list(self.columns)) or _astropy_columns(body,
-                                                                             self.columns)
+        try:
+            with _PARSING:     # one slice parsed at a time: ~100 MB each at 50,000 rows
+                cols = fast_columns(body, list(self.columns)) or _astropy_columns(
+                    body, self.columns)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise MirrorError(f"the TAP service {self.tap.url} sent a slice (RA {s.a:g}-{s.b:g} "
+                              f"deg) that cannot be read ({str(exc)[:100]}); run `sampbridge "
+                              "mirror build` again later") from None
         del body
         got = len(next(iter(cols.values()))[0])
         if got != n:
