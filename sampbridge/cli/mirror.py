@@ -35,6 +35,15 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     s.set_defaults(handler=status)
     r = actions.add_parser("remove", parents=[common], help="delete the mirror of the release")
     r.set_defaults(handler=remove)
+    e = actions.add_parser("export-hats", parents=[common],
+                           help="write the mirror as a HATS catalogue for LSDB (needs "
+                                "`pip install 'sampbridge[scale]'`; docs/mirror.md)")
+    e.add_argument("dir", help="the HATS collection folder to write (replaced whole)")
+    e.add_argument("--margin", type=float, help="margin cache width in arcsec (default 60): "
+                   "LSDB matches up to this radius")
+    e.add_argument("--dask-scheduler", metavar="ADDRESS",
+                   help="run hats-import on this Dask scheduler (default: a local cluster)")
+    e.set_defaults(handler=export_hats)
 
 
 def _side(args: argparse.Namespace) -> Any:
@@ -112,3 +121,10 @@ def remove(args: argparse.Namespace) -> int:
     gone = side.remove()
     print(f"mirror removed from {side.root}" if gone else f"no mirror under {side.root}")
     return 0
+
+
+def export_hats(args: argparse.Namespace) -> int:
+    """Export the mirror as a HATS catalogue (the scale extra, :mod:`sampbridge.scale`)."""
+    from ..scale.commands import export_hats_command
+
+    return export_hats_command(args)

@@ -30,8 +30,9 @@ def dask_client(scheduler: str | None = None, *, workers: int = LOCAL_WORKERS,
     workers : int
         Workers of the local cluster (one thread each).
     processes : bool
-        Local workers as processes (True) or threads of this process (False: no listening
-        socket at all, and no start-up cost).
+        Local workers as processes (True; the calling script needs an
+        ``if __name__ == "__main__":`` guard) or threads of this process (False: no start-up
+        cost, no copies between processes).
     timeout : float
         Seconds to wait for the scheduler.
 
@@ -54,10 +55,11 @@ def dask_client(scheduler: str | None = None, *, workers: int = LOCAL_WORKERS,
         with client:
             yield client
         return
-    # no dashboard; threads talk in process (inproc://), processes over loopback only
-    where = {"host": "127.0.0.1"} if processes else {}
+    # everything on loopback (the scheduler, the workers and their HTTP servers, which Dask
+    # starts even without a dashboard: in-process "inproc" workers bind them to 0.0.0.0), on
+    # ports the system picks, so that two clusters on one machine do not meet on 8787
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
-                           dashboard_address=None, **where)
+                           protocol="tcp://", host="127.0.0.1", dashboard_address="127.0.0.1:0")
     log.info("scale: on a local Dask cluster of %d %s", workers,
              "processes" if processes else "threads")
     with cluster, Client(cluster) as client:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ...model import match_options
+from ...model import RequestError, match_options
 from ...queryfiles import MatchFileRequest
 from ..parser import Subparsers
 from .context import QueryContext, out_file, rows_line
+
+if TYPE_CHECKING:
+    from ...results import TableResult
 
 __all__ = ["register", "run"]
 
@@ -21,6 +25,12 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output VOTable file")
     p.add_argument("--radius", help="match radius in arcsec (default: match.radius)")
     p.add_argument("--mode", help="best (nearest source per row) or all (default: match.mode)")
+    p.add_argument("--engine", choices=["local", "lsdb"], default="local",
+                   help="local: in this process (the mirror, else the service); lsdb: LSDB on "
+                        "a Dask cluster against the mirror's HATS export (needs `pip install "
+                        "'sampbridge[scale]'`; docs/mirror.md)")
+    p.add_argument("--dask-scheduler", metavar="ADDRESS",
+                   help="with --engine lsdb: the Dask scheduler (default: a local cluster)")
     p.set_defaults(run_query=run)
 
 
@@ -30,6 +40,14 @@ def run(args: argparse.Namespace, ctx: QueryContext) -> int:
     table = Path(args.table).expanduser()
     req = MatchFileRequest(table=table.resolve(), name=table.stem, radius=radius, mode=mode,
                            root=table.resolve().parent)
-    res = ctx.engine.run(req, dest=out_file(args.out))
+    res: TableResult
+    if args.engine == "lsdb":
+        from ...scale import match_file_lsdb
+
+        res = match_file_lsdb(ctx.cfg, req, out_file(args.out), scheduler=args.dask_scheduler)
+    elif args.dask_scheduler:
+        raise RequestError("--dask-scheduler goes with --engine lsdb")
+    else:
+        res = ctx.engine.run(req, dest=out_file(args.out))
     print(rows_line(res) + f" ({res.what})")
     return 0
