@@ -109,6 +109,8 @@ def test_an_interrupted_build_resumes_from_its_slices(vo_server: str, tmp_path: 
 
 def test_a_mirror_is_pinned_to_its_release_and_services(built: Path, vo_server: str,
                                                         tmp_path: Path):
+    man = json.loads((built / "2.1" / "manifest.json").read_text())
+    assert man["slices"] == 1 and man["rows"] == 3622   # the guessed whole-sky slice was kept
     open_mirror(built, "2.1", svc(vo_server)).close()
     with pytest.raises(MirrorUnusable) as exc:          # another release: its own folder
         open_mirror(built, "2.0", svc(vo_server))

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..csc.adql import identifier
-from ..csc.cone import ConeService
+from ..csc.cone import VERB_COLUMNS, ConeService
 from ..csc.errors import CSCError, ServiceTimeout, ServiceUnreachable
 from ..csc.tap import TapClient
 from .errors import MirrorError
@@ -84,6 +84,26 @@ def _tap_columns(src: SliceSource) -> list[str]:
     return [f["attrs"].get("name", "") for f in parse_fields(body)]     # no row is parsed
 
 
+def _guess(wanted: Sequence[str] | str | None, verb: int) -> list[str] | None:
+    """Return the columns a default build will most likely mirror, before the cone says so.
+
+    The CXC documents its cone's VERB=1 and VERB=2 columns (:data:`.csc.cone.VERB_COLUMNS`);
+    a whole-sky slice of those is asked for while the cone's FIELDs are read, and kept only
+    when they turn out to be exactly the columns chosen (else it is dropped).
+    """
+    if wanted is not None or verb not in VERB_COLUMNS:
+        return None
+    return list(dict.fromkeys([*VERB_COLUMNS[verb], *ELLIPSE]))
+
+
+def _early(spec: SliceSource) -> tuple[int, str | None] | None:
+    """Fetch the whole sky at once with the guessed columns; None when that does not work."""
+    try:
+        return spec.fetch(Slice(0.0, 360.0))
+    except (_Split, CSCError, MirrorError):
+        return None
+
+
 def _choose(wanted: Sequence[str] | str | None, verbs: dict[str, list[dict]], verb: int,
             tap_cols: list[str]) -> list[str]:
     """Return the columns to mirror, in the TAP table's order (ra, dec and name always)."""
@@ -114,7 +134,7 @@ class _Journal:
             old = {}
         if old.get("head") == head:
             self.done = dict(old.get("done", {}))
-        else:                   # another release, service or columns: start afresh
+        elif old:               # another release, service or columns: start afresh
             for part in work.glob("part-*"):
                 part.unlink(missing_ok=True)
 
@@ -259,10 +279,15 @@ def build(tap: TapClient, cone: ConeService, *, table: str, release: str, root: 
         private_dir(root)
         private_dir(work)
         src = SliceSource(tap, table, [], work, slice_rows, retries, retry_wait)
-        with ThreadPoolExecutor(3, thread_name_prefix="mirror-start") as start:
+        guess = None if (work / JOURNAL).exists() else _guess(columns, verb)
+        spec = SliceSource(tap, table, guess or [], work, slice_rows, retries, retry_wait)
+        with ThreadPoolExecutor(4, thread_name_prefix="mirror-start") as start:
             f_verbs, f_cols = start.submit(_fields, cone), start.submit(_tap_columns, src)
             f_total = start.submit(src.count, Slice(0.0, 360.0))
+            f_spec = start.submit(_early, spec) if guess else None
             verbs, tap_cols, total = f_verbs.result(), f_cols.result(), f_total.result()
+            early = f_spec.result() if f_spec else None
+        spec.pool.shutdown(wait=False)
         src.columns = _choose(columns, verbs, verb, tap_cols)
         head = {"release": release, "tap": tap.url, "cone": cone.url, "table": table,
                 "columns": src.columns, "format": FORMAT_VERSION}
@@ -270,6 +295,9 @@ def build(tap: TapClient, cone: ConeService, *, table: str, release: str, root: 
         # as few slices as fit (a TAP request costs 0.1-0.2 s however small it is), split
         # further where one overflows
         n0 = max(1, math.ceil(total / (0.8 * slice_rows)))
+        if (early and n0 == 1 and early[0] == total and not journal.done
+                and set(spec.columns) == set(src.columns)):
+            journal.add(Slice(0.0, 360.0), *early)      # the guess was right: one request less
         first = [Slice(360.0 * i / n0, 360.0 * (i + 1) / n0) for i in range(n0)]
         _run(src, journal, first, total, parallel, progress, cancel or threading.Event())
         got = sum(d["rows"] for d in journal.done.values())
