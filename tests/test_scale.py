@@ -122,6 +122,21 @@ def test_a_dask_scheduler_address(mirror: Mirror, hats: Path):
     assert pairs(mirror, got[0], got[1]) == pairs(mirror, ref[0], ref[1])
 
 
+def test_the_local_cluster_listens_on_loopback_only():
+    import psutil
+
+    from sampbridge.scale.cluster import dask_client
+
+    for processes in (False, True):
+        with dask_client(None, processes=processes) as client:
+            addrs = [client.scheduler.address, *client.scheduler_info()["workers"]]
+            assert len(addrs) == 3 and all(a.startswith("tcp://127.0.0.1:") for a in addrs)
+            procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+            listening = [c.laddr.ip for p in procs for c in p.net_connections(kind="inet")
+                         if c.status == psutil.CONN_LISTEN]
+            assert listening and set(listening) == {"127.0.0.1"}, listening
+
+
 def test_the_export_is_pinned_private_and_checked(mirror: Mirror, hats: Path, tmp_path: Path):
     info = json.loads((hats / "sampbridge.json").read_text())
     assert info["mirror_sha256"] == mirror.manifest["sha256"] and info["margin_arcsec"] == 60
@@ -135,6 +150,7 @@ def test_the_export_is_pinned_private_and_checked(mirror: Mirror, hats: Path, tm
     other = tmp_path / "other"
     other.mkdir()
     (other / "csc_master_source").mkdir()
+    (other / "csc_master_source_margin").mkdir()
     (other / "sampbridge.json").write_text(json.dumps(dict(info, mirror_sha256="0" * 64)))
     with pytest.raises(ScaleError, match="another mirror"):
         match_lsdb(mirror, *one, 3 / 3600, other)

@@ -9,17 +9,56 @@ from typing import Any
 
 from .errors import ScaleError, require
 
-__all__ = ["dask_client", "LOCAL_WORKERS"]
+__all__ = ["dask_client", "quiet_libraries", "LOCAL_WORKERS"]
 
 log = logging.getLogger(__name__)
 
 #: workers of the default local cluster
 LOCAL_WORKERS = 2
+#: loggers of the libraries the extra drives: their INFO lines (a cluster's start and stop,
+#: some forty lines) are held back unless sampbridge logs at DEBUG (-v)
+LIBRARY_LOGGERS = ("distributed", "dask", "hats", "hats_import", "lsdb", "bokeh")
+
+
+class _NotCollections(logging.Filter):
+    """Drop hats' "Looking for catalog - found collection." (a warning on the root logger)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Looking for catalog")
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Hold back the libraries' chatter (log lines and UserWarnings) while a scale job runs.
+
+    Under DEBUG (``-v``) everything is kept.  The previous levels are restored afterwards.
+    """
+    import warnings
+
+    root = logging.getLogger()
+    if root.getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    old = {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS}
+    drop = _NotCollections()
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    root.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)      # "large graph", "may be slow"
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        root.removeFilter(drop)
+        for name, level in old.items():
+            logging.getLogger(name).setLevel(level)
 
 
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, *, workers: int = LOCAL_WORKERS,
-                processes: bool = False, timeout: float = 30.0) -> Iterator[Any]:
+                processes: bool = False, timeout: float = 10.0) -> Iterator[Any]:
     """Yield a ``distributed.Client``: to ``scheduler`` if given, else on a local cluster.
 
     Parameters
@@ -57,9 +96,11 @@ def dask_client(scheduler: str | None = None, *, workers: int = LOCAL_WORKERS,
         return
     # everything on loopback (the scheduler, the workers and their HTTP servers, which Dask
     # starts even without a dashboard: in-process "inproc" workers bind them to 0.0.0.0), on
-    # ports the system picks, so that two clusters on one machine do not meet on 8787
+    # ports the system picks, so that two clusters on one machine do not meet on 8787; no
+    # dashboard (Bokeh)
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
-                           protocol="tcp://", host="127.0.0.1", dashboard_address="127.0.0.1:0")
+                           protocol="tcp://", host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                           scheduler_kwargs={"dashboard": False})
     log.info("scale: on a local Dask cluster of %d %s", workers,
              "processes" if processes else "threads")
     with cluster, Client(cluster) as client:

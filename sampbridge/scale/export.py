@@ -20,10 +20,11 @@ import numpy as np
 
 from ..mirror import Mirror
 from ..mirror.store import private_dir
-from .cluster import dask_client
+from .cluster import dask_client, quiet_libraries
 from .errors import ScaleError, require
 
-__all__ = ["DEFAULT_MARGIN_ARCSEC", "EXPORT_NAME", "CATALOG_NAME", "default_hats_dir",
+__all__ = ["DEFAULT_MARGIN_ARCSEC", "EXPORT_NAME", "CATALOG_NAME", "MARGIN_NAME",
+           "default_hats_dir",
            "ensure_hats", "export_hats", "read_export"]
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ DEFAULT_MARGIN_ARCSEC = 60.0
 EXPORT_NAME = "sampbridge.json"
 #: the name of the catalogue inside the collection
 CATALOG_NAME = "csc_master_source"
+#: the name of its margin cache (the collection's default margin)
+MARGIN_NAME = "csc_master_source_margin"
 #: rows per input Parquet file handed to hats-import (bounds the export's memory)
 CHUNK_ROWS = 100_000
 
@@ -106,7 +109,8 @@ def export_hats(mirror: Mirror | Path, out_dir: Path, *,
     require()
     m = mirror if isinstance(mirror, Mirror) else Mirror.open(Path(mirror))
     try:
-        return _export(m, Path(out_dir), margin_arcsec, pixel_threshold, scheduler)
+        with quiet_libraries():
+            return _export(m, Path(out_dir), margin_arcsec, pixel_threshold, scheduler)
     finally:
         if m is not mirror:
             m.close()
@@ -128,7 +132,8 @@ def _export(m: Mirror, out: Path, margin: float, threshold: int,
             .catalog(output_artifact_name=CATALOG_NAME, input_file_list=files,
                      file_reader="parquet", ra_column="ra", dec_column="dec",
                      pixel_threshold=threshold, drop_empty_siblings=False)
-            .add_margin(margin_threshold=margin, is_default=True))
+            .add_margin(margin_threshold=margin, is_default=True,
+                        output_artifact_name=MARGIN_NAME))
     try:
         with dask_client(scheduler) as client:
             pipeline_with_client(args, client)

@@ -23,9 +23,9 @@ import numpy as np
 
 from ..mirror import Mirror
 from ..mirror.query import sep_arcsec
-from .cluster import dask_client
+from .cluster import dask_client, quiet_libraries
 from .errors import ScaleError, require
-from .export import CATALOG_NAME, read_export
+from .export import CATALOG_NAME, MARGIN_NAME, read_export
 
 __all__ = ["FIRST_K", "match_lsdb"]
 
@@ -112,13 +112,17 @@ def match_lsdb(m: Mirror, ra: np.ndarray, dec: np.ndarray, valid: np.ndarray, ra
     import lsdb
 
     t0 = time.perf_counter()
-    right = lsdb.open_catalog(Path(hats_dir), columns=["sb_row", "ra", "dec"])
-    left = _left(np.asarray(ra, float), np.asarray(dec, float), rows)
-    if client is None:
-        with dask_client(scheduler) as own:
-            i, j = _all_candidates(left, right, radius_arcsec, m.rows, own)
-    else:
-        i, j = _all_candidates(left, right, radius_arcsec, m.rows, client)
+    with quiet_libraries():
+        # the catalogue and its margin by path (opening the collection logs a warning on root)
+        right = lsdb.open_catalog(Path(hats_dir) / CATALOG_NAME,
+                                  columns=["sb_row", "ra", "dec"],
+                                  margin_cache=Path(hats_dir) / MARGIN_NAME)
+        left = _left(np.asarray(ra, float), np.asarray(dec, float), rows)
+        if client is None:
+            with dask_client(scheduler) as own:
+                i, j = _all_candidates(left, right, radius_arcsec, m.rows, own)
+        else:
+            i, j = _all_candidates(left, right, radius_arcsec, m.rows, client)
     sep = sep_arcsec(ra[i], dec[i], m.ra[j], m.dec[j])
     keep = sep <= radius_arcsec
     i, j, sep = i[keep].astype(int), j[keep], sep[keep]
@@ -144,7 +148,7 @@ def _all_candidates(left: Any, right: Any, radius_arcsec: float, n_right: int,
 
 def _check_export(m: Mirror, path: Path, radius_arcsec: float) -> None:
     info = read_export(path)
-    if info is None or not (path / CATALOG_NAME).is_dir():
+    if info is None or not (path / CATALOG_NAME).is_dir() or not (path / MARGIN_NAME).is_dir():
         raise ScaleError(f"there is no HATS export of the mirror at {path}; make one with "
                          f"`sampbridge mirror export-hats {path}`")
     if info.get("mirror_sha256") != m.manifest["sha256"]:
