@@ -88,18 +88,18 @@ def _guess(wanted: Sequence[str] | str | None, verb: int) -> list[str] | None:
     """Return the columns a default build will most likely mirror, before the cone says so.
 
     The CXC documents its cone's VERB=1 and VERB=2 columns (:data:`.csc.cone.VERB_COLUMNS`);
-    a whole-sky slice of those is asked for while the cone's FIELDs are read, and kept only
-    when they turn out to be exactly the columns chosen (else it is dropped).
+    when the whole table fits one slice, it is asked for with those columns while the cone's
+    FIELDs are read, and kept only when they turn out to be exactly the columns chosen.
     """
     if wanted is not None or verb not in VERB_COLUMNS:
         return None
     return list(dict.fromkeys([*VERB_COLUMNS[verb], *ELLIPSE]))
 
 
-def _early(spec: SliceSource) -> tuple[int, str | None] | None:
-    """Fetch the whole sky at once with the guessed columns; None when that does not work."""
+def _early(spec: SliceSource, total: int) -> tuple[int, str | None] | None:
+    """Fetch the whole sky (``total`` rows counted) with the guessed columns; None on failure."""
     try:
-        return spec.fetch(Slice(0.0, 360.0))
+        return spec.fetch(Slice(0.0, 360.0), counted=total)
     except (_Split, CSCError, MirrorError):
         return None
 
@@ -281,11 +281,13 @@ def build(tap: TapClient, cone: ConeService, *, table: str, release: str, root: 
         src = SliceSource(tap, table, [], work, slice_rows, retries, retry_wait)
         guess = None if (work / JOURNAL).exists() else _guess(columns, verb)
         spec = SliceSource(tap, table, guess or [], work, slice_rows, retries, retry_wait)
-        with ThreadPoolExecutor(4, thread_name_prefix="mirror-start") as start:
-            f_verbs, f_cols = start.submit(_fields, cone), start.submit(_tap_columns, src)
+        with ThreadPoolExecutor(3, thread_name_prefix="mirror-start") as start:
             f_total = start.submit(src.count, Slice(0.0, 360.0))
-            f_spec = start.submit(_early, spec) if guess else None
-            verbs, tap_cols, total = f_verbs.result(), f_cols.result(), f_total.result()
+            f_verbs, f_cols = start.submit(_fields, cone), start.submit(_tap_columns, src)
+            total = f_total.result()
+            fits_one = total <= 0.8 * slice_rows
+            f_spec = start.submit(_early, spec, total) if guess and fits_one else None
+            verbs, tap_cols = f_verbs.result(), f_cols.result()
             early = f_spec.result() if f_spec else None
         spec.pool.shutdown(wait=False)
         src.columns = _choose(columns, verbs, verb, tap_cols)

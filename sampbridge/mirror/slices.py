@@ -124,7 +124,7 @@ class SliceSource:
         t = read_table(body)
         return int(np.asarray(t[t.colnames[0]])[0])
 
-    def fetch(self, s: Slice) -> tuple[int, str | None]:
+    def fetch(self, s: Slice, counted: int | None = None) -> tuple[int, str | None]:
         """Fetch the slice, check it against its count, save it; return (rows, part file).
 
         Raises
@@ -136,12 +136,13 @@ class SliceSource:
             When the service's row count changed between the count and the rows.
         """
         select = ", ".join(identifier(c) for c in self.columns)
-        counted = self.pool.submit(self.count, s)       # asked at the same time as the rows
+        # the count is asked at the same time as the rows (unless the caller counted already)
+        counting = self.pool.submit(self.count, s) if counted is None else None
         try:
             body = self._ask(f"SELECT {select} FROM {identifier(self.table)}{where(s)}",
                              self.slice_rows)
         finally:
-            n = counted.result()
+            n = counting.result() if counting is not None else int(counted or 0)
         if overflowed(body) or n > self.slice_rows:
             if s.b - s.a > 1e-6:
                 raise _Split
