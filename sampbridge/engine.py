@@ -352,7 +352,8 @@ class Engine:
             m = best_only(m)
         out = join(table, m)
         matched_rows = len(set(m.idx.tolist()))
-        title = f"{name} \u00d7 CSC {self.cfg['release']}"
+        title = f"{name} \u00d7 CSC {self.cfg['release']}" + (
+            " (mirror)" if strategy == "mirror" else "")         # where the rows came from
         dest = dest or self._dest("match_" + name)
         _write_votable(out, dest, title)
         what = (f"match of {n_in} rows ({strategy}, r={radius * 3600:g}\", "

@@ -271,6 +271,7 @@ def test_cli_status_json_and_remove(built: Path, vo_server: str, tmp_path: Path,
     assert main(["query", "match", str(table), "--out", str(out), "--radius", "5",
                  "--mode", "all", "--config", str(conf)]) == 0
     assert "mirror" in capsys.readouterr().out and out.exists()
+    assert b"(mirror)" in out.read_bytes()[:2000]          # the table's name says so
     assert main(["mirror", "remove", "--config", str(conf)]) == 0
     assert not (root / "2.1").exists()
     assert main(["mirror", "status", "--config", str(conf)]) == 1
