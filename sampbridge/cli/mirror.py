@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from typing import Any
 
@@ -66,14 +67,20 @@ def _side(args: argparse.Namespace) -> Any:
 def build(args: argparse.Namespace) -> int:
     """Build (or resume) the mirror and print what was built."""
     from .. import progress
+    from .query.context import Stopped, StopSignals
 
     side, session = _side(args)
     t0 = time.monotonic()
     try:
-        # a tqdm bar on a terminal, else a log line every 10 s (sampbridge/progress.py)
-        with progress.bar(None, "mirror build", unit="rows") as bar:
+        # a tqdm bar on a terminal, else a log line every 10 s (sampbridge/progress.py);
+        # SIGINT, SIGTERM and SIGHUP stop it the same way, the slices saved so far kept
+        with StopSignals() as stop, progress.bar(None, "mirror build", unit="rows") as bar:
             m = side.build(columns="all" if args.columns == "all" else None,
-                           progress=bar.on_count)
+                           progress=bar.on_count, cancel=stop.cancel)
+    except Stopped as exc:
+        print("sampbridge: stopped; the slices saved so far are kept: run `sampbridge mirror "
+              "build` again to resume", file=sys.stderr)
+        return 128 + exc.signum
     finally:
         session.close()
     print(f"mirror of CSC {m['release']} built: {m['rows']:,} rows, {len(m['columns'])} "
