@@ -28,7 +28,7 @@ then
 	PY=/var/lib/sampbridge-tests/venv/bin/python
 	echo "[run_all] python3 is externally managed (PEP 668): the tests use $PY"
 fi
-$PY -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test]"
+$PY -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[test,scale]"
 echo "[run_all] python package installed after $((SECONDS - t0)) s"
 $PY -m ruff check .
 $PY -m mypy sampbridge
