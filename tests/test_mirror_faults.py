@@ -297,3 +297,45 @@ def test_a_running_engine_takes_up_a_new_mirror(built: Path, vo_server: str, tmp
         assert not again.service_url.startswith("mirror:")
     finally:
         e.close()
+
+
+def test_kill_9_then_sigterm_keep_the_saved_slices(vo_server: str, tmp_path: Path):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import wait_for
+
+    root = tmp_path / "m"
+    conf = tmp_path / "c.yaml"
+    conf.write_text(f"services:\n  tap: {vo_server}/csc21tap\n"
+                    f"  cone: {vo_server}/csc21scs/coneSearch\n"
+                    f"mirror:\n  dir: {root}\n  slice_rows: 300\n  parallel: 1\n"
+                    f"results:\n  dir: {tmp_path / 'r'}\n")
+    journal = root / "2.1.building" / "journal.json"
+
+    def saved() -> int:
+        try:
+            return len(json.loads(journal.read_text())["done"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def run_until(more_than: int, sig: int) -> subprocess.CompletedProcess:
+        p = subprocess.Popen([sys.executable, "-m", "sampbridge", "mirror", "build", "--config",
+                              str(conf)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+        try:
+            wait_for(lambda: saved() > more_than, 60, what="a slice saved")
+        finally:
+            p.send_signal(sig)
+        out, err = p.communicate(timeout=60)
+        return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+    killed = run_until(0, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    first = saved()
+    assert first >= 1 and not (root / "2.1").exists()
+    stopped = run_until(first, signal.SIGTERM)       # resumes, saves more, then stops cleanly
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+    assert "resume" in stopped.stderr.splitlines()[-1]
+    assert saved() > first and not (root / "2.1").exists()
