@@ -242,3 +242,22 @@ def test_the_standard_shape_too(vo_server: str, tmp_path: Path):
     finally:
         m.close()
         s.close()
+
+
+def test_columns_all_answers_verb_3(vo_server: str, tmp_path: Path):
+    svc = services(vo_server)
+    s = http.make_session(5, 60, "no")
+    cone = ConeService(svc["cone"], s)
+    manifest = build(TapClient(svc["tap"], s), cone, table="csc21.master_source",
+                     release=RELEASE, root=tmp_path / "all", columns="all")
+    assert len(manifest["columns"]) == 79
+    m = open_mirror(tmp_path / "all", RELEASE, svc)
+    try:
+        for ra, dec, r in [(246.79, -24.32, 0.05), (0.0, 90.0, 1.0), (83.6, 22.0, 0.2)]:
+            body, _ = cone.fetch_body(ra, dec, r, 3)
+            local, _n = cone_votable(m, ra, dec, r, 3, "t")
+            assert parse_fields(local) == parse_fields(body)
+            _same(read_table(body), read_table(local), f"VERB=3 {ra} {dec}")
+    finally:
+        m.close()
+        s.close()
