@@ -288,14 +288,14 @@ def bench_real_peers(tmp: Path, n: int, hub: str) -> list[tuple[str, float, str,
         d = Daemon(config(tmp / "res-peers"))
         d.start(wait=10)
         delivered: list[tuple[float, str, list[str]]] = []
-        deliver = d._deliver_table
+        deliver = d.delivery.table
 
         def timed(res, origin, patterns=None):
             sent = deliver(res, origin, patterns)
             delivered.append((time.perf_counter(), res.name, sent))
             return sent
 
-        d._deliver_table = timed
+        d.delivery.table = timed  # type: ignore[method-assign]
         cones = counting_cones(d)
         pans, inside, directs = [], [], []
         for i in range(n):

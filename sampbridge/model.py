@@ -58,9 +58,6 @@ def quoted(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "...'"
 
 
-#: temporary alias for the daemon and queryfiles, until their owners switch to :func:`quoted`
-_show = quoted
-
 
 def _sexagesimal(value: Any, unit: str) -> float | None:
     if not isinstance(value, str) or not any(c in value for c in ":hdms "):

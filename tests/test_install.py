@@ -66,6 +66,6 @@ def test_run_all_runs_both_lines_fresh_and_before_pytest() -> None:
     assert script.index("\nprove_install ") < script.index("$PY -m pytest")
     # the editable install of the tests is left as it was, and checked
     assert script.index('pip install -q --disable-pip-version-check --root-user-action=ignore '
-                        '-e ".[test]"') < proof
+                        '-e ".[test,scale]"') < proof
     assert '"$PWD/sampbridge/__init__.py" || { echo "[run_all] the editable install moved"' \
         in script
