@@ -122,19 +122,31 @@ def test_a_dask_scheduler_address(mirror: Mirror, hats: Path):
     assert pairs(mirror, got[0], got[1]) == pairs(mirror, ref[0], ref[1])
 
 
-def test_the_local_cluster_listens_on_loopback_only():
+def _listening() -> set[tuple[str, int]]:
     import psutil
+
+    procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    return {(c.laddr.ip, c.laddr.port) for p in procs for c in p.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN}
+
+
+def test_the_local_cluster_is_on_loopback_and_private(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch):
+    import tempfile
 
     from sampbridge.scale.cluster import dask_client
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    before = _listening()
     for processes in (False, True):
         with dask_client(None, processes=processes) as client:
             addrs = [client.scheduler.address, *client.scheduler_info()["workers"]]
             assert len(addrs) == 3 and all(a.startswith("tcp://127.0.0.1:") for a in addrs)
-            procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
-            listening = [c.laddr.ip for p in procs for c in p.net_connections(kind="inet")
-                         if c.status == psutil.CONN_LISTEN]
-            assert listening and set(listening) == {"127.0.0.1"}, listening
+            new = _listening() - before          # the cluster's sockets, HTTP servers too
+            assert new and {ip for ip, _ in new} == {"127.0.0.1"}, new
+            scratch = list(tmp_path.glob("sampbridge-dask-*"))
+            assert len(scratch) == 1 and scratch[0].stat().st_mode & 0o077 == 0
+        assert not list(tmp_path.glob("sampbridge-dask-*"))     # removed after
 
 
 def test_the_export_is_pinned_private_and_checked(mirror: Mirror, hats: Path, tmp_path: Path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -98,10 +100,17 @@ def dask_client(scheduler: str | None = None, *, workers: int = LOCAL_WORKERS,
     # starts even without a dashboard: in-process "inproc" workers bind them to 0.0.0.0), on
     # ports the system picks, so that two clusters on one machine do not meet on 8787; no
     # dashboard (Bokeh)
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
-                           protocol="tcp://", host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                           scheduler_kwargs={"dashboard": False})
-    log.info("scale: on a local Dask cluster of %d %s", workers,
-             "processes" if processes else "threads")
-    with cluster, Client(cluster) as client:
-        yield client
+    # the workers' scratch (spilled partitions) in a private folder, not the shared 0755
+    # /tmp/dask-scratch-space
+    scratch = tempfile.mkdtemp(prefix="sampbridge-dask-")
+    try:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
+                               protocol="tcp://", host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0", local_directory=scratch,
+                               scheduler_kwargs={"dashboard": False})
+        log.info("scale: on a local Dask cluster of %d %s", workers,
+                 "processes" if processes else "threads")
+        with cluster, Client(cluster) as client:
+            yield client
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
