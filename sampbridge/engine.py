@@ -25,10 +25,11 @@ from .csc.cone import ConeService, verb_for
 from .csc.errors import CSCError
 from .csc.names import safe_name
 from .csc.siap import ImageInfo, SiapService
-from .csc.tap import TapClient, learnt, no_upload, refuses_upload
+from .csc.tap import PhaseHook, TapClient, learnt, no_upload, refuses_upload
 from .engine_mirror import MirrorSide
 from .match import (
     Matches,
+    Progress,
     TapCones,
     UploadIncomplete,
     best_only,
@@ -37,8 +38,7 @@ from .match import (
     match_by_upload,
 )
 from .mirror import Mirror
-from .model import ConeRequest, SiapRequest, TapRequest
-from .queryfiles import MatchFileRequest
+from .model import ConeRequest, MatchRequest, SiapRequest, TapRequest
 from .results import ImageResult, MatchResult, TableResult, tabledata_copy
 from .safefile import ensure_private_dir
 from .tables import TableError, positions, read_table
@@ -48,7 +48,7 @@ __all__ = ["TableResult", "MatchResult", "ImageResult", "Engine", "Request", "en
            "cone_title", "tabledata_copy"]
 
 #: Every request :meth:`Engine.run` takes.
-Request = ConeRequest | SiapRequest | TapRequest | MatchFileRequest
+Request = ConeRequest | SiapRequest | TapRequest | MatchRequest
 
 _counter = itertools.count(1)
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class Engine:
         ConeRequest: "run_cone",
         SiapRequest: "run_siap",
         TapRequest: "run_tap",
-        MatchFileRequest: "run_match_file",
+        MatchRequest: "run_match_request",
     }
 
     @overload
@@ -121,7 +121,7 @@ class Engine:
             **options: Any) -> ImageResult: ...
 
     @overload
-    def run(self, request: ConeRequest | TapRequest | MatchFileRequest, *,
+    def run(self, request: ConeRequest | TapRequest | MatchRequest, *,
             dest: Path | None = None, **options: Any) -> TableResult: ...
 
     def run(self, request: Request, *, dest: Path | None = None,
@@ -130,7 +130,7 @@ class Engine:
 
         Parameters
         ----------
-        request : ConeRequest, SiapRequest, TapRequest or MatchFileRequest
+        request : ConeRequest, SiapRequest, TapRequest or MatchRequest
             The validated request (see :data:`RUNNERS`).
         dest : Path, optional
             Where the result goes: the VOTable file, or the folder of a SIAP request's
@@ -245,8 +245,13 @@ class Engine:
         return ImageResult(res.downloaded, len(res.found), res.seconds, what, res.skipped)
 
     def run_tap(self, req: TapRequest, dest: Path | None = None, *,
-                cancel: threading.Event | None = None, on_job=None) -> TableResult:
-        """Run a user's ADQL as given (sync or async per ``tap.mode``)."""
+                cancel: threading.Event | None = None, on_job=None,
+                on_phase: PhaseHook | None = None) -> TableResult:
+        """Run a user's ADQL as given (sync or async per ``tap.mode``).
+
+        ``on_phase(phase, elapsed)`` hears of an async job's phases (see
+        :meth:`.TapClient.query_to_file`); a caller shows them as progress.
+        """
         name = req.name or f"CSC {self.cfg['release']} TAP query"
         dest = dest or self._dest("tap_" + (req.name or "query"))
         key = tap_key(self.cfg["services.tap"], req.adql, req.maxrec, self.cfg["tap.mode"])
@@ -254,7 +259,7 @@ class Engine:
         if hit is not None:
             return hit
         res = self.tap.query_to_file(req.adql, dest, req.maxrec, mode=self.cfg["tap.mode"],
-                                     cancel=cancel, on_job=on_job)
+                                     cancel=cancel, on_job=on_job, on_phase=on_phase)
         short = " ".join(req.adql.split())
         what = f"TAP {self.cfg['tap.mode']} '{short[:60]}{'...' if len(short) > 60 else ''}'"
         out = TableResult(dest, _new_id("tap"), name, res.rows, res.seconds, what,
@@ -282,7 +287,7 @@ class Engine:
         return "upload" if caps.upload and caps.geometry else "cone"
 
     def _match(self, strategy: str, ra: np.ndarray, dec: np.ndarray, valid: np.ndarray,
-               radius: float) -> Matches:
+               radius: float, progress: Progress | None = None) -> Matches:
         """Match by ``strategy``; under ``auto``, an upload refused or cut short goes by cones.
 
         A refused upload (the service's words name UPLOAD) is remembered for the service URL:
@@ -295,7 +300,8 @@ class Engine:
         if strategy == "upload":
             try:
                 return match_by_upload(self.tap, ra, dec, valid, radius, cols,
-                                       self.cfg["tap.table"], dialect=self.cfg["tap.dialect"])
+                                       self.cfg["tap.table"], dialect=self.cfg["tap.dialect"],
+                                       progress=progress)
             except CSCError as exc:
                 if self.cfg["match.strategy"] != "auto":
                     raise
@@ -318,12 +324,14 @@ class Engine:
                          "that VERB=%d does not give", verb, self.cfg["match.verb"])
         return match_by_cones(src, ra, dec, valid, radius, cols, verb=verb,
                               parallelism=self.cfg["match.parallelism"],
-                              cell=self.cfg["match.batch_cell"])
+                              cell=self.cfg["match.batch_cell"], progress=progress)
 
     def run_match(self, table: Table, name: str, *, rows: np.ndarray | None = None,
                   radius_arcsec: float | None = None, mode: str | None = None,
-                  dest: Path | None = None) -> MatchResult:
+                  dest: Path | None = None, progress: Progress | None = None) -> MatchResult:
         """Match a table's rows (or the ``rows`` subset) against the CSC and write the result.
+
+        ``progress(done, total)`` hears of the positions matched so far (see :mod:`.match`).
 
         Raises
         ------
@@ -346,7 +354,7 @@ class Engine:
             raise TableError(f"none of the {n_in} rows has a usable position in "
                              f"{pos.ra_col}/{pos.dec_col} (NaN, empty or out of range)")
         radius = (radius_arcsec or self.cfg["match.radius"]) / 3600.0
-        m = self._match(self.match_strategy(), pos.ra, pos.dec, valid, radius)
+        m = self._match(self.match_strategy(), pos.ra, pos.dec, valid, radius, progress)
         strategy = m.strategy
         if (mode or self.cfg["match.mode"]) == "best":
             m = best_only(m)
@@ -362,9 +370,13 @@ class Engine:
                            what, False, "", input_rows=n_in, no_position=no_pos,
                            unmatched=n_in - no_pos - matched_rows, strategy=strategy)
 
-    def run_match_file(self, req: MatchFileRequest, dest: Path | None = None, *,
-                       rows: np.ndarray | None = None) -> MatchResult:
-        """Read a query folder's table file (within ``tables.*`` caps) and match it.
+    def run_match_request(self, req: MatchRequest, dest: Path | None = None, *,
+                          rows: np.ndarray | None = None,
+                          progress: Progress | None = None) -> MatchResult:
+        """Read a match request's table file (within ``tables.*`` caps) and match it.
+
+        The file must lie in ``req.root`` when one is given (a query folder's table); a URL
+        is the daemon's to fetch first (:func:`.tables.fetch_table`), then :meth:`run_match`.
 
         Raises
         ------
@@ -373,10 +385,12 @@ class Engine:
         CSCError
             When the service fails.
         """
-        table = read_table(req.table, self.cfg["tables.max_rows"],
+        table = read_table(Path(req.table), self.cfg["tables.max_rows"],
                            max_bytes=self.cfg["tables.max_bytes"], root=req.root)
+        if rows is None and req.rows is not None:
+            rows = np.asarray(req.rows, dtype=int)
         return self.run_match(table, req.name, rows=rows, radius_arcsec=req.radius,
-                              mode=req.mode, dest=dest)
+                              mode=req.mode, dest=dest, progress=progress)
 
     def close(self) -> None:
         """Close HTTP connections and unmap the mirror."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .config import Config
@@ -20,6 +21,7 @@ __all__ = [
     "ConeRequest",
     "SiapRequest",
     "TapRequest",
+    "MatchRequest",
     "parse_ra",
     "parse_dec",
     "parse_position",
@@ -245,3 +247,47 @@ class TapRequest:
             raise RequestError(f"'name' must be text, not {quoted(name)}")
         maxrec = _opt_int(params, "maxrec", cfg["tap.maxrec"] or None, lo=1)
         return cls(adql.strip(), (name or "").strip() or None, maxrec)
+
+
+@dataclass(frozen=True)
+class MatchRequest:
+    """A table to match against the CSC, whichever door it came through.
+
+    A SAMP message gives a URL (the daemon fetches it), a query file and the CLI a file.
+
+    Attributes
+    ----------
+    table : str or Path
+        The table: a URL (SAMP) or a file (a query file, the CLI).
+    name : str
+        The table's name, for the result's title.
+    rows : tuple of int, optional
+        The rows to match (a SAMP row selection); ``None`` matches them all.
+    radius : float, optional
+        Match radius in arcsec; ``None`` takes ``match.radius``.
+    mode : str, optional
+        ``best`` or ``all``; ``None`` takes ``match.mode``.
+    root : Path, optional
+        The folder a file must lie in (a query folder's table).
+    table_id : str, optional
+        The SAMP ``table-id``, to know the table again when its rows are highlighted.
+    """
+
+    table: str | Path
+    name: str
+    rows: tuple[int, ...] | None = None
+    radius: float | None = None
+    mode: str | None = None
+    root: Path | None = None
+    table_id: str | None = None
+
+    @classmethod
+    def from_params(cls, table: str | Path, name: str, params: Mapping[str, Any],
+                    **more: Any) -> MatchRequest:
+        """Build from a table, its name and the ``radius``/``mode`` parameters.
+
+        ``radius`` and ``mode`` go through :func:`match_options`, the one check of them
+        whichever door the request came through; ``more`` sets the other attributes.
+        """
+        radius, mode = match_options(params)
+        return cls(table, name, radius=radius, mode=mode, **more)

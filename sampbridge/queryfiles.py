@@ -22,10 +22,18 @@ from typing import Any
 import yaml
 
 from .config import MAX_YAML_BYTES, Config, YAMLRefused, compose_strict, plain_value
-from .model import ConeRequest, RequestError, SiapRequest, TapRequest, match_options, quoted
+from .model import (
+    ConeRequest,
+    MatchRequest,
+    RequestError,
+    SiapRequest,
+    TapRequest,
+    match_options,
+    quoted,
+)
 from .safefile import FileMissing, FileRefused, check_regular, read_regular
 
-__all__ = ["QueryFileError", "MatchFileRequest", "FileRequest", "parse_query_file",
+__all__ = ["QueryFileError", "FileRequest", "parse_query_file",
            "query_bytes", "QUERY_SUFFIXES", "TABLE_SUFFIXES", "MAX_QUERY_BYTES", "is_candidate"]
 
 #: Largest ADQL or YAML query file read, in bytes (1 MB; a real one is a few kB).
@@ -45,20 +53,8 @@ class QueryFileError(RequestError):
     """A query file that cannot run; the message says where and why."""
 
 
-@dataclass(frozen=True)
-class MatchFileRequest:
-    """Match a table file against the CSC."""
-
-    table: Path
-    name: str
-    radius: float | None = None
-    mode: str | None = None
-    #: The folder the table must lie in (read it with ``read_table(..., root=root)``).
-    root: Path | None = None
-
-
 #: Every request a query file may hold.
-Request = ConeRequest | SiapRequest | TapRequest | MatchFileRequest
+Request = ConeRequest | SiapRequest | TapRequest | MatchRequest
 
 
 @dataclass
@@ -194,7 +190,7 @@ def _tap(params: dict[str, Any], cfg: Config, at: _Origin) -> TapRequest:
     return TapRequest.from_params(params, cfg)
 
 
-def _match(params: dict[str, Any], cfg: Config, at: _Origin) -> MatchFileRequest:
+def _match(params: dict[str, Any], cfg: Config, at: _Origin) -> MatchRequest:
     unknown = sorted(set(params) - {"table", "radius", "mode"})
     if unknown:
         raise RequestError(f"unknown parameter for a match: {quoted(', '.join(unknown))} "
@@ -202,9 +198,10 @@ def _match(params: dict[str, Any], cfg: Config, at: _Origin) -> MatchFileRequest
     table = params.get("table")
     if not isinstance(table, str) or not table.strip():
         raise RequestError("'table' is missing: give the table file to match")
-    radius, mode = match_options(params)    # the same check as a SAMP match's
+    # the same check of radius and mode as a SAMP match's, before the table is looked for
+    radius, mode = match_options(params)
     tpath = _table_path(at.path, table, at.root, cfg)
-    return MatchFileRequest(tpath, at.name or tpath.stem, radius, mode, at.root)
+    return MatchRequest(tpath, at.name or tpath.stem, radius=radius, mode=mode, root=at.root)
 
 
 #: The request a YAML key makes, by kind: a new kind is one entry here and one builder.
@@ -316,7 +313,7 @@ def parse_query_file(path: Path, cfg: Config, root: Path | None = None) -> list[
             check_regular(path, cap, root, cap_name=cap_name)
         except FileRefused as exc:
             raise QueryFileError(str(exc)) from None
-        return [FileRequest(MatchFileRequest(path, path.stem, root=root), "match", None,
+        return [FileRequest(MatchRequest(path, path.stem, root=root), "match", None,
                             path.stem)]
     try:
         raw = read_regular(path, cap, root, cap_name=cap_name)

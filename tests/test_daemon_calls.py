@@ -1,11 +1,11 @@
-"""sampbridge.daemon.calls: the reply a finished query gets, and which engine hooks are passed."""
+"""sampbridge.daemon.calls: the reply a finished query gets."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from sampbridge.csc.siap import ImageInfo
-from sampbridge.daemon.calls import hooks, result_reply
+from sampbridge.daemon.calls import result_reply
 from sampbridge.engine import ImageResult, MatchResult, TableResult
 
 
@@ -34,13 +34,3 @@ def test_images_reply_their_files_and_no_image_is_a_sentence(tmp_path: Path) -> 
     assert none == "no image found at that position (2 found, 1 over the size cap)"
 
 
-def test_only_the_hooks_an_engine_method_takes_are_passed() -> None:
-    def run_tap(req: object, *, cancel: object = None, on_job: object = None) -> None:
-        return None
-
-    def takes_any(req: object, **options: object) -> None:
-        return None
-
-    offered = {"on_job": print, "on_phase": print}
-    assert hooks(run_tap, **offered) == {"on_job": print}
-    assert hooks(takes_any, **offered) == {}        # **options: it cannot be told, pass none

@@ -13,8 +13,7 @@ from astropy.table import Table
 
 from sampbridge.engine import Engine, ImageResult, MatchResult, TableResult
 from sampbridge.errors import Cancelled, SampBridgeError
-from sampbridge.model import ConeRequest, SiapRequest, TapRequest
-from sampbridge.queryfiles import MatchFileRequest
+from sampbridge.model import ConeRequest, MatchRequest, SiapRequest, TapRequest
 from sampbridge.tables import TableError
 
 pytestmark = pytest.mark.server
@@ -33,7 +32,7 @@ def test_every_request_kind_has_a_runner():
     """Each request kind of the model (and the query folder's match) maps to a method."""
     for kind, method in Engine.RUNNERS.items():
         assert callable(getattr(Engine, method)), (kind, method)
-    assert set(Engine.RUNNERS) == {ConeRequest, SiapRequest, TapRequest, MatchFileRequest}
+    assert set(Engine.RUNNERS) == {ConeRequest, SiapRequest, TapRequest, MatchRequest}
 
 
 def test_run_a_cone_gives_a_table_result(engine, tmp_path):
@@ -94,7 +93,7 @@ def _table_file(folder: Path, n: int = 5) -> Path:
 
 def test_run_a_match_file(engine, tmp_path):
     table = _table_file(tmp_path)
-    res = engine.run(MatchFileRequest(table, "mine", radius=5.0, mode="all", root=tmp_path),
+    res = engine.run(MatchRequest(table, "mine", radius=5.0, mode="all", root=tmp_path),
                      dest=tmp_path / "m.vot")
     assert isinstance(res, MatchResult)
     assert res.input_rows == 5 and res.no_position == 0
@@ -107,14 +106,14 @@ def test_a_match_file_outside_its_root_is_refused(engine, tmp_path):
     inner.mkdir()
     table = _table_file(tmp_path)
     with pytest.raises(SampBridgeError):
-        engine.run(MatchFileRequest(table, "x", root=inner))
+        engine.run(MatchRequest(table, "x", root=inner))
 
 
 def test_a_match_file_without_positions_is_a_table_error(engine, tmp_path):
     path = tmp_path / "nopos.csv"
     path.write_text("a,b\n1,2\n")
     with pytest.raises(TableError):
-        engine.run(MatchFileRequest(path, "nopos", root=tmp_path))
+        engine.run(MatchRequest(path, "nopos", root=tmp_path))
 
 
 @dataclass(frozen=True)

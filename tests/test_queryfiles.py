@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from sampbridge.config import defaults
-from sampbridge.model import ConeRequest, RequestError, SiapRequest, TapRequest
+from sampbridge.model import ConeRequest, MatchRequest, RequestError, SiapRequest, TapRequest
 from sampbridge.queryfiles import (
-    MatchFileRequest,
     QueryFileError,
     is_candidate,
     parse_query_file,
@@ -70,7 +69,7 @@ def test_a_match_file_request_lies_in_its_folder(tmp_path):
     (fr,) = parse(tmp_path, "m.yaml", "match: {table: tables/t.csv, radius: 3, mode: best}\n"
                                       "name: mine\n")
     req = fr.request
-    assert isinstance(req, MatchFileRequest) and fr.kind == "match"
+    assert isinstance(req, MatchRequest) and fr.kind == "match"
     assert req.table == tmp_path / "tables" / "t.csv" and req.root == tmp_path
     assert (req.name, req.radius, req.mode) == ("mine", 3.0, "best")
     (unnamed,) = parse(tmp_path, "n.yaml", "match: {table: tables/t.csv}\n")
@@ -80,7 +79,7 @@ def test_a_match_file_request_lies_in_its_folder(tmp_path):
 def test_a_table_file_is_a_match_of_itself(tmp_path):
     (fr,) = parse(tmp_path, "list.csv", "ra,dec\n1,2\n")
     assert fr.kind == "match" and fr.name == "list"
-    assert fr.request == MatchFileRequest(tmp_path / "list.csv", "list", root=tmp_path)
+    assert fr.request == MatchRequest(tmp_path / "list.csv", "list", root=tmp_path)
 
 
 def test_a_list_gives_one_request_each_in_order(tmp_path):

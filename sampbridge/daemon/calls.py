@@ -7,7 +7,6 @@ with ``status: pending`` after ``reply_within``, or at shutdown.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -26,7 +25,7 @@ from .desk import Desk
 from .params import debug_text, describe, error_text
 from .ticker import CallProgress, Ticker
 
-__all__ = ["CUSTOM", "CallRunner", "Run", "hooks", "result_reply"]
+__all__ = ["CUSTOM", "CallRunner", "Run", "result_reply"]
 
 log = logging.getLogger("sampbridge")
 
@@ -35,17 +34,6 @@ Result = TableResult | ImageResult
 Run = Callable[[Any, CallProgress], Result]
 #: the prefix of sampbridge's own MTypes, whose long calls send samp.msg.progress
 CUSTOM = "x-sampbridge."
-
-
-def hooks(fn: Callable[..., Any], **offered: Any) -> dict[str, Any]:
-    """Return the keyword arguments of ``offered`` that ``fn`` takes (an engine's hooks)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return {}
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return {}
-    return {k: v for k, v in offered.items() if k in params}
 
 
 def result_reply(res: Result, sent: list[str]) -> dict[str, Any] | str:

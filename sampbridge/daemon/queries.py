@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..engine import TableResult
 from ..model import ConeRequest, SiapRequest, TapRequest
 from ..samp import Message
-from .calls import CallRunner, hooks
+from .calls import CallRunner
 from .desk import Desk
 from .ticker import CallProgress
 
@@ -55,6 +55,5 @@ class Queries:
 
     def _tap(self, req: TapRequest, progress: CallProgress) -> TableResult:
         """Run a TAP query, its job's creation and phases (where the engine tells) as progress."""
-        run = self.desk.engine.run_tap
-        return run(req, cancel=self.desk.cancel,
-                   **hooks(run, on_job=progress.on_job, on_phase=progress.on_phase))
+        return self.desk.engine.run_tap(req, cancel=self.desk.cancel, on_job=progress.on_job,
+                                        on_phase=progress.on_phase)

@@ -11,11 +11,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..engine import MatchResult
-from ..model import RequestError, match_options
+from ..model import MatchRequest, RequestError
 from ..safefile import ensure_private_dir
 from ..samp import Message
 from ..tables import KnownTable, TableError, fetch_table
-from .calls import CallRunner, hooks
+from .calls import CallRunner
 from .desk import Desk
 from .params import clip, row_number, text_param
 from .pointat import PointAt
@@ -30,19 +30,15 @@ MTYPE_MATCH = "x-sampbridge.match.table"
 
 @dataclass(frozen=True)
 class MatchJob:
-    """A table to match: where it came from, and (once fetched) where it is."""
+    """A table to match: the request (URL, rows, radius, mode) and, once fetched, the table."""
 
-    url: str
-    table_id: str
-    name: str
-    rows: tuple[int, ...] | None = None
-    radius: float | None = None
-    mode: str | None = None
+    request: MatchRequest
     entry: KnownTable | None = None
 
     def __str__(self) -> str:
-        sel = f", {len(self.rows)} selected rows" if self.rows is not None else ""
-        return f"match '{self.name}' ({self.url}{sel})"
+        req = self.request
+        sel = f", {len(req.rows)} selected rows" if req.rows is not None else ""
+        return f"match '{req.name}' ({req.table}{sel})"
 
 
 class TableCalls:
@@ -84,17 +80,19 @@ class TableCalls:
             raise TableError("the message has no table 'url'")
         table_id = text_param(p, "table-id") or url
         name = text_param(p, "name") or Path(url.rstrip("/")).name or "table"
-        radius, mode = match_options(p)       # the same check as a query file's match
-        return MatchJob(url.strip(), table_id, name, rows, radius, mode)
+        # the same model and the same check of radius and mode as a query file's match
+        return MatchJob(MatchRequest.from_params(url.strip(), name, p, rows=rows,
+                                                 table_id=table_id))
 
     def fetch(self, job: MatchJob) -> MatchJob:
         """Fetch and read a table (on a worker, before any reply); remember it."""
+        req = job.request
         ensure_private_dir(self.incoming)
-        path = fetch_table(job.url, self.incoming, self.desk.engine.session,
+        path = fetch_table(str(req.table), self.incoming, self.desk.engine.session,
                            max_bytes=self.cfg["tables.max_bytes"],
                            allow_remote=self.cfg["tables.allow_remote"],
                            deadline=self.cfg["tables.fetch_timeout"], cancel=self.desk.cancel)
-        entry = KnownTable(job.table_id, job.url, path, job.name)
+        entry = KnownTable(req.table_id or str(req.table), str(req.table), path, req.name)
         entry.table(self.cfg["tables.max_rows"])
         self.desk.known.put(entry)
         return replace(job, entry=entry)
@@ -105,20 +103,21 @@ class TableCalls:
         ``progress`` hears of the positions matched so far, where the engine tells.
         """
         assert job.entry is not None
+        req = job.request
         table = job.entry.table(self.cfg["tables.max_rows"])
         rows = None
-        if job.rows is not None:
-            bad = [r for r in job.rows if not 0 <= r < len(table)]
+        if req.rows is not None:
+            bad = [r for r in req.rows if not 0 <= r < len(table)]
             if bad:
                 raise TableError(f"row {bad[0]} is outside the table, which has {len(table)} "
                                  "rows")
             import numpy as np
 
-            rows = np.asarray(job.rows, dtype=int)
-        name = job.name if rows is None else f"{job.name} [{len(rows)} selected]"
-        run = self.desk.engine.run_match
-        offered = {} if progress is None else hooks(run, progress=progress.on_rows)
-        return run(table, name, rows=rows, radius_arcsec=job.radius, mode=job.mode, **offered)
+            rows = np.asarray(req.rows, dtype=int)
+        name = req.name if rows is None else f"{req.name} [{len(rows)} selected]"
+        return self.desk.engine.run_match(
+            table, name, rows=rows, radius_arcsec=req.radius, mode=req.mode,
+            progress=None if progress is None else progress.on_rows)
 
     # -- rows of a known table ----------------------------------------------------------
     def _known(self, msg: Message) -> KnownTable | None:
@@ -176,6 +175,7 @@ class TableCalls:
                 rows = tuple(row_number(r, "row-list") for r in raw)
             except RequestError:
                 raise RequestError("'row-list' must hold row numbers only") from None
-            return MatchJob(entry.url, entry.table_id, entry.name, rows, entry=entry)
+            return MatchJob(MatchRequest(entry.url, entry.name, rows=rows,
+                                         table_id=entry.table_id), entry=entry)
 
         self.calls.query(msg, build, self.match, long=True, counter="matches")

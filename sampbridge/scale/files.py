@@ -18,7 +18,7 @@ from ..config import Config
 from ..engine_mirror import mirror_root
 from ..match import Matches, best_only, join
 from ..mirror import MirrorUnusable
-from ..queryfiles import MatchFileRequest
+from ..model import MatchRequest
 from ..results import MatchResult
 from ..tables import TableError, positions, read_table
 from ..votwriter import write_votable
@@ -29,7 +29,7 @@ from .lsdb_match import match_lsdb
 __all__ = ["match_file_lsdb"]
 
 
-def match_file_lsdb(cfg: Config, req: MatchFileRequest, dest: Path, *,
+def match_file_lsdb(cfg: Config, req: MatchRequest, dest: Path, *,
                     scheduler: str | None = None, hats_dir: Path | None = None) -> MatchResult:
     """Match the table file of ``req`` against the mirror with LSDB and write the result.
 
@@ -37,7 +37,7 @@ def match_file_lsdb(cfg: Config, req: MatchFileRequest, dest: Path, *,
     ----------
     cfg : Config
         The configuration (release, services, ``mirror.dir``, ``match.*``, ``tables.*``).
-    req : MatchFileRequest
+    req : MatchRequest
         The table, radius and mode.
     dest : Path
         The output VOTable.
@@ -68,7 +68,7 @@ def match_file_lsdb(cfg: Config, req: MatchFileRequest, dest: Path, *,
         if lacking:
             raise ScaleError(f"the mirror lacks match.columns {', '.join(lacking)}; build it "
                              "with `sampbridge mirror build --columns all`")
-        table = read_table(req.table, cfg["tables.max_rows"],
+        table = read_table(Path(req.table), cfg["tables.max_rows"],
                            max_bytes=cfg["tables.max_bytes"], root=req.root)
         pos = positions(table)
         if not pos.valid.any():

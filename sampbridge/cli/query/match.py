@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ...model import RequestError, match_options
-from ...queryfiles import MatchFileRequest
+from ...model import MatchRequest, RequestError
 from ..parser import Subparsers
 from .context import QueryContext, out_file, rows_line
 
@@ -36,10 +35,10 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, ctx: QueryContext) -> int:
     """Match the table (from the mirror when one is usable) and print ``N rows -> FILE``."""
-    radius, mode = match_options({"radius": args.radius, "mode": args.mode})
-    table = Path(args.table).expanduser()
-    req = MatchFileRequest(table=table.resolve(), name=table.stem, radius=radius, mode=mode,
-                           root=table.resolve().parent)
+    table = Path(args.table).expanduser().resolve()
+    # the same model and the same check of radius and mode as a SAMP or query-file match's
+    req = MatchRequest.from_params(table, table.stem, {"radius": args.radius, "mode": args.mode},
+                                   root=table.parent)
     res: TableResult
     if args.engine == "lsdb":
         from ...scale import match_file_lsdb
