@@ -13,16 +13,14 @@ pays it).  Every LSDB match is checked against the in-process pairs.  Prints a M
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from common import CONE, TAP
+from common import CONE, TAP, synthetic, timed
 
 
 def build_mimic(root: Path) -> None:
@@ -37,31 +35,6 @@ def build_mimic(root: Path) -> None:
     s.close()
 
 
-def synthetic(src_root: Path, dest_root: Path, rows: int) -> None:
-    """Write a mirror of ``rows`` rows from the real one: copies turned in RA."""
-    from sampbridge.mirror import open_mirror
-    from sampbridge.mirror.store import private_dir, sha256_of, write_fits
-
-    m = open_mirror(src_root, "2.1", {})
-    k = -(-rows // m.rows)
-    every = np.arange(m.rows)
-    cols = {}
-    for name in m.columns:
-        v, mask = m.column(name, every)
-        v = np.concatenate([v] * k)[:rows]
-        cols[name] = (v, None if mask is None else np.concatenate([mask] * k)[:rows])
-    turn = np.repeat(np.arange(k) * (360.0 / k) + 0.37, m.rows)[:rows]
-    cols["ra"] = ((cols["ra"][0] + turn) % 360.0, None)
-    order = np.lexsort((cols["ra"][0], cols["dec"][0]))
-    cols = {c: (v[order], None if mk is None else mk[order]) for c, (v, mk) in cols.items()}
-    folder = private_dir(dest_root / "2.1")
-    how = write_fits(folder / "mirror.fits", cols)
-    man = dict(m.manifest, rows=rows, columns=how, bytes=(folder / "mirror.fits").stat().st_size,
-               sha256=sha256_of(folder / "mirror.fits"))
-    (folder / "manifest.json").write_text(json.dumps(man))
-    m.close()
-
-
 def positions(m, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, m.rows, n)
@@ -69,15 +42,6 @@ def positions(m, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     ra = m.ra[pick] + np.where(blank, rng.normal(0, 120, n), rng.normal(0, 1.0, n)) / 3600
     dec = m.dec[pick] + np.where(blank, rng.normal(0, 120, n), rng.normal(0, 1.0, n)) / 3600
     return ra % 360.0, np.clip(dec, -90, 90)
-
-
-def median(fn, repeat: int) -> tuple[float, object]:
-    times, value = [], None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), value
 
 
 def same(a, b) -> None:
@@ -93,12 +57,12 @@ def one_size(m, hats: Path, n: int, repeat: int) -> str:
     radius = 3.0 / 3600
     ra, dec = positions(m, n, n)
     valid = np.ones(n, bool)
-    t_in, ref = median(lambda: match(m, ra, dec, valid, radius), repeat)
+    t_in, ref = timed(lambda: match(m, ra, dec, valid, radius), repeat)
     warm = {}
     for processes in (False, True):
         with dask_client(None, processes=processes) as client:
             match_lsdb(m, ra[:100], dec[:100], valid[:100], radius, hats, client=client)
-            warm[processes], got = median(
+            warm[processes], got = timed(
                 lambda client=client: match_lsdb(m, ra, dec, valid, radius, hats,
                                                  client=client), repeat)
             same(got, ref)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -86,3 +87,28 @@ def report(title: str, rows: list[tuple[str, float, str, float]]) -> str:
         r = "" if ratio != ratio else f"{ratio:.2f}\u00d7"
         out.append(f"| {what} | {value:.3f} {unit} | {r} |")
     return "\n".join(out) + "\n"
+
+
+def synthetic(src_root: Path, dest_root: Path, rows: int) -> None:
+    """Write a mirror of ``rows`` rows from the real one: copies turned in RA."""
+    from sampbridge.mirror import open_mirror
+    from sampbridge.mirror.store import private_dir, sha256_of, write_fits
+
+    m = open_mirror(src_root, "2.1", {})
+    k = -(-rows // m.rows)
+    every = np.arange(m.rows)
+    cols = {}
+    for name in m.columns:
+        v, mask = m.column(name, every)
+        v = np.concatenate([v] * k)[:rows]
+        cols[name] = (v, None if mask is None else np.concatenate([mask] * k)[:rows])
+    turn = np.repeat(np.arange(k) * (360.0 / k) + 0.37, m.rows)[:rows]
+    cols["ra"] = ((cols["ra"][0] + turn) % 360.0, None)
+    order = np.lexsort((cols["ra"][0], cols["dec"][0]))
+    cols = {c: (v[order], None if mk is None else mk[order]) for c, (v, mk) in cols.items()}
+    folder = private_dir(dest_root / "2.1")
+    how = write_fits(folder / "mirror.fits", cols)
+    man = dict(m.manifest, rows=rows, columns=how, bytes=(folder / "mirror.fits").stat().st_size,
+               sha256=sha256_of(folder / "mirror.fits"))
+    (folder / "manifest.json").write_text(json.dumps(man))
+    m.close()
