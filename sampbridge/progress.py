@@ -137,7 +137,7 @@ class Progress:
         self._clock = clock
         self._start = clock()
         self._last_line = self._start
-        self._done = 0.0
+        self._done: float = 0      # an int while the counts are ints (1/3, not 1.0/3)
         self._phase: str | None = None
         self._closed = False
         self._lock = threading.Lock()
@@ -168,6 +168,9 @@ class Progress:
             self.total = total
             if self._tqdm is not None:
                 self._tqdm.total = total
+                if total is not None:       # a count that now has a total: show the bar
+                    self._tqdm.bar_format = None
+                    self._tqdm.unit_scale = total >= 10_000
                 self._tqdm.refresh()
         self._tell()
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ... import progress
 from ...model import MatchRequest, RequestError
 from ..parser import Subparsers
 from .context import QueryContext, out_file, rows_line
@@ -47,6 +48,8 @@ def run(args: argparse.Namespace, ctx: QueryContext) -> int:
     elif args.dask_scheduler:
         raise RequestError("--dask-scheduler goes with --engine lsdb")
     else:
-        res = ctx.engine.run(req, dest=out_file(args.out))
+        # positions matched so far: a tqdm bar on a terminal, else a log line every 10 s
+        with progress.bar(None, "match", unit="rows") as shown:
+            res = ctx.engine.run(req, dest=out_file(args.out), progress=shown.on_count)
     print(rows_line(res) + f" ({res.what})")
     return 0

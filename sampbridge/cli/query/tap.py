@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+from ... import progress
 from ...errors import Cancelled
 from ...model import RequestError, TapRequest
 from ..parser import Subparsers
@@ -90,7 +91,10 @@ def _run_async(ctx: QueryContext, req: TapRequest, dest: Path) -> TableResult:
 
     def work() -> None:
         try:
-            box["result"] = engine.run(req, dest=dest, cancel=stop.cancel, on_job=on_job)
+            # the job's phases: a tqdm line on a terminal, else a log line every 10 s
+            with progress.phases("TAP job") as shown:
+                box["result"] = engine.run(req, dest=dest, cancel=stop.cancel, on_job=on_job,
+                                           on_phase=shown.on_phase)
         except BaseException as exc:  # handed to the main thread
             box["error"] = exc
         finally:
