@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -256,3 +257,20 @@ def make_conn(hub) -> Iterator[Callable[..., object]]:
     yield make
     for c in started:
         c.stop()
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """Undo what an in-process ``cli.main`` does to logging (the CLI owns it: it replaces the
+    root handlers with one on the sys.stderr of that moment), so that a later test's threads
+    never log to a stream pytest has closed, and pytest's own capture stays in place."""
+    root = logging.getLogger()
+    names = ("sampbridge", "urllib3", "astropy")
+    saved = (root.handlers[:], root.level, [logging.getLogger(n).level for n in names])
+    astropy_handlers = logging.getLogger("astropy").handlers[:]
+    yield
+    logging.getLogger("astropy").handlers[:] = astropy_handlers
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    for n, level in zip(names, saved[2], strict=True):
+        logging.getLogger(n).setLevel(level)
