@@ -77,7 +77,7 @@ $PY -c 'import sampbridge, sys; sys.exit(sampbridge.__file__ != sys.argv[1])' \
 	"$PWD/sampbridge/__init__.py" || { echo "[run_all] the editable install moved" >&2; exit 1; }
 echo "[run_all] README install lines proven after $((SECONDS - t0)) s"
 set +e
-$PY -m pytest -ra "$@"
+$PY -m pytest -ra --durations=25 "$@"    # the slowest 25: where the time budget goes
 rc=$?
 set -e
 echo "[run_all] tests finished after $((SECONDS - t0)) s (pytest exit $rc)"
