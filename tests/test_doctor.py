@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from sampbridge import doctor
+from sampbridge import doctor, mirror
 from sampbridge.config import defaults
 from sampbridge.doctor import aladin, desktop, local
 from sampbridge.doctor.findings import Finding
+from sampbridge.mirror import store
 from sampbridge.samp import ClientInfo
 
 from conftest import local_config
@@ -263,8 +264,6 @@ def test_mirror_judged_against_the_configured_release() -> None:
 
 def test_a_mirror_built_for_another_release_on_disk(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    mirror = pytest.importorskip("sampbridge.mirror")
-    store = pytest.importorskip("sampbridge.mirror.store")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     root = Path(mirror.default_root())
     assert local.check_mirror(defaults())[0].level == "INFO"
